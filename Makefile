@@ -1,0 +1,37 @@
+# The one entry point: `make run` serves Lumen locally, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test unit lint bench venv redis clean
+
+run: venv redis  ## start Redis (if needed), Ray and the Serve app; Ctrl-C stops them
+	$(BIN)/python deploy.py
+
+test: venv redis  ## the whole suite: unit + integration on real Ray, Redis and HTTP
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy lumen
+
+bench: venv redis
+	$(BIN)/python bench/run_all.py
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, alone: pip takes this pinned CPU-capable build from the local wheel store
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+redis:  ## make sure redis-server exists (tests and the run command start their own)
+	@bash scripts/ensure-redis.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .cache

@@ -1,0 +1,64 @@
+"""IndexShard: named actors, each holding the FAISS indexes of the users hashed to it."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from actors.naming import NAMESPACE, index_shard_name
+from lumen.config import Settings
+from lumen.spaces import Hit, SpaceRegistry
+from lumen.storage import Stores
+from lumen.vectors import decode_vectors
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class IndexShard:
+    """Commits vectors to Redis (the truth) and mirrors them in FAISS; serves searches.
+
+    Detached: ended only when Ray shuts down or an operator kills it; a restarted shard
+    rebuilds each user's index from Redis on first use. Calls are serialised (one at a
+    time), so a commit and a reset of the same user never interleave.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.stores = Stores(settings)
+        self.registry = SpaceRegistry(settings, self.stores)
+
+    def commit(
+        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+    ) -> dict[str, int]:
+        committed = self.stores.vectors.commit(user, model_id, dim, rows)
+        if committed:
+            vectors = {
+                item: decode_vectors([blob], dim)[0] for item, blob, _ in rows if item in committed
+            }
+            self.registry.add(user, dim, committed, vectors)
+        return committed
+
+    def search(self, user: str, query: bytes, k: int) -> list[Hit]:
+        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k)
+
+    def search_pdf(self, user: str, query_vec: bytes, query: str, k: int) -> list[Hit]:
+        return self.registry.search_pdf(user, np.frombuffer(query_vec, dtype="<f4"), query, k)
+
+    def drop(self, user: str) -> None:
+        """Forget the cached index (after a reset in Redis)."""
+        self.registry.drop(user)
+
+    def size(self, user: str) -> int:
+        space = self.registry.load(user)
+        return 0 if space is None else len(space.images)
+
+    def ids(self, user: str) -> list[int]:
+        space = self.registry.load(user)
+        return [] if space is None else [int(i) for i in space.images.ids()]
+
+
+def get_index_shard(settings: Settings, shard: int) -> ray.actor.ActorHandle:
+    return IndexShard.options(  # type: ignore[attr-defined]
+        name=index_shard_name(settings.app_name, shard),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(settings)

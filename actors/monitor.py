@@ -1,0 +1,74 @@
+"""Monitor: the one actor that polls Ray's state API; HTTP requests read its cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+
+from actors.naming import NAMESPACE, monitor_name
+from lumen.config import Settings
+from lumen.health import WorkerBook, list_dead_nodes, list_embedder_replicas
+from lumen.storage import Stores
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class Monitor:
+    """Polls replica liveness on a schedule, joins heartbeats, records death events.
+
+    Detached: ended when Ray shuts down. Its cache is rebuilt on the first poll after a
+    restart; events live in Redis.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stores = Stores(settings)
+        m = settings.monitor
+        self.book = WorkerBook(stale_after_s=m.stale_after_s, dead_ttl_s=m.dead_ttl_s)
+        self.known_dead_nodes: set[str] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def ensure_running(self) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        return True
+
+    async def workers(self) -> dict[str, dict[str, Any]]:
+        return self.book.last
+
+    async def poll_now(self) -> dict[str, dict[str, Any]]:
+        await asyncio.to_thread(self._poll)
+        return self.book.last
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._poll)
+            except Exception:  # noqa: BLE001 - the state API can be briefly unavailable
+                log.exception("monitor poll failed")
+            await asyncio.sleep(self.settings.monitor.poll_interval_s)
+
+    def _poll(self) -> None:
+        replicas = list_embedder_replicas(self.settings.app_name)
+        view, newly_dead = self.book.update(replicas, self.stores.heartbeats.all())
+        for worker in newly_dead:
+            cause = view.get(worker, {}).get("cause")
+            self.stores.events.record("replica_dead", worker=worker, cause=cause)
+        dead_nodes = set(list_dead_nodes())
+        if self.known_dead_nodes is not None:
+            for node in sorted(dead_nodes - self.known_dead_nodes):
+                self.stores.events.record("node_dead", node_id=node)
+        self.known_dead_nodes = dead_nodes
+
+
+def get_monitor(settings: Settings) -> ray.actor.ActorHandle:
+    return Monitor.options(  # type: ignore[attr-defined]
+        name=monitor_name(settings.app_name),
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(settings)

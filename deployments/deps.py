@@ -1,0 +1,53 @@
+"""FastAPI dependencies: the services object and the authenticated user."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from deployments.services import Services
+from lumen.errors import Forbidden, Unauthorized
+
+_bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    services.start_keeper()
+    return services
+
+
+Svc = Annotated[Services, Depends(get_services)]
+
+
+async def get_current_user(
+    svc: Svc, token: Annotated[str | None, Depends(_bearer)]
+) -> str:
+    if not token:
+        raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
+    return await asyncio.to_thread(svc.auth.verify, token)
+
+
+async def get_stream_user(request: Request, svc: Svc) -> str:
+    """For SSE and <img> routes: a browser's EventSource cannot send headers, so `?token=`."""
+    header = request.headers.get("authorization", "")
+    token = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token")
+    if not token:
+        raise Unauthorized("not authenticated: send a bearer token or ?token=")
+    return await asyncio.to_thread(svc.auth.verify, token)
+
+
+CurrentUser = Annotated[str, Depends(get_current_user)]
+StreamUser = Annotated[str, Depends(get_stream_user)]
+
+
+async def get_admin(user: StreamUser, svc: Svc) -> str:
+    if not svc.auth.is_admin(user):
+        raise Forbidden("only operators listed in LUMEN_AUTH__ADMIN_USERS may do this")
+    return user
+
+
+AdminUser = Annotated[str, Depends(get_admin)]

@@ -1,0 +1,101 @@
+"""Embedder: the Serve deployment that runs open_clip with dynamic batching."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from lumen.config import Settings
+from lumen.storage import Stores
+from lumen.vectors import encode_vector
+from lumen.worker import EmbedderCore, EmbedResult
+
+
+@serve.deployment(max_ongoing_requests=64)
+class Embedder:
+    """One model per replica; images and texts are batched with `@serve.batch`.
+
+    Decoding runs on threads outside the batch, so the model works on one batch while the next
+    batch's images are decoded. Topology and scaling come from the Serve YAML.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        ctx = serve.get_replica_context()
+        self.worker_id = f"embedder-{ctx.replica_tag}"
+        threads = torch.get_num_threads()
+        self.core = EmbedderCore(settings, self.worker_id, threads=threads)
+        self.stores = Stores(settings)
+        self.interval_s = settings.monitor.heartbeat_interval_s
+        self._beat_task: asyncio.Task[None] | None = None
+        self._beat()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Runtime knobs from the YAML's `user_config`."""
+        if "max_batch_size" in config:
+            self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))
+            self._text_batch.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self._embed_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+            self._text_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    def _beat(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stores.heartbeats.beat(self.worker_id, self.core.metrics())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.to_thread(self._beat)
+            await asyncio.sleep(self.interval_s)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._beat_task is None or self._beat_task.done():
+            self._beat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; a failing model or a dead loop restarts the replica."""
+        self._ensure_heartbeat()
+
+    async def embed_item(self, user: str, item: str) -> EmbedResult:
+        """Decode one queued item and embed it in whatever batch is forming."""
+        self._ensure_heartbeat()
+        try:
+            tensor = await asyncio.to_thread(self.core.decode, user, item)
+            vector, caption = await self._embed_batch(tensor, (user, item))
+        except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
+            return self.core.failure(user, item, exc)
+        return self.core.result(user, item, vector, caption)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    async def _embed_batch(
+        self, tensors: list[torch.Tensor], owners: list[tuple[str, str]]
+    ) -> list[tuple[np.ndarray, str]]:
+        by_user: dict[str, list[str]] = {}
+        for user, item in owners:
+            by_user.setdefault(user, []).append(item)
+        await asyncio.to_thread(self._assign, by_user)
+        vectors, captions = await asyncio.to_thread(self.core.embed_tensors, tensors)
+        return list(zip(vectors, captions, strict=True))
+
+    def _assign(self, by_user: dict[str, list[str]]) -> None:
+        for user, items in by_user.items():
+            self.stores.queue.assign(user, items, self.worker_id)
+
+    async def embed_text(self, text: str) -> bytes:
+        return encode_vector(await self._text_batch(text))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return list(await asyncio.to_thread(self.core.embed_texts, texts))
+
+    async def embed_image_bytes(self, data: bytes) -> bytes:
+        tensor = await asyncio.to_thread(self.core.decode_bytes, data)
+        vectors, _ = await asyncio.to_thread(self.core.embed_tensors, [tensor])
+        return encode_vector(vectors[0])
+
+    def model_info(self) -> dict[str, Any]:
+        return {"model_id": self.core.model_id, "dim": self.core.dim, "worker": self.worker_id}

@@ -1,0 +1,41 @@
+"""`GET /monitor/worker`, `GET /monitor/events` (SSE) and `POST /monitor/events/reset`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from deployments.deps import AdminUser, StreamUser, Svc
+from deployments.sse import sse_stream
+
+router = APIRouter(prefix="/monitor", tags=["monitor"])
+
+
+@router.get("/worker", response_class=StreamingResponse)
+async def workers(request: Request, user: StreamUser, svc: Svc) -> StreamingResponse:
+    """SSE: every Embedder replica, `health`/`stale`/`starting`/`dead`, with its metrics."""
+    monitor = svc.monitor()
+
+    async def snapshot() -> object:
+        return await monitor.workers.remote()
+
+    return sse_stream(request, snapshot, svc.settings.monitor)
+
+
+@router.get("/events", response_class=StreamingResponse)
+async def events(request: Request, user: StreamUser, svc: Svc) -> StreamingResponse:
+    """SSE: system events, newest first (the latest 100)."""
+
+    async def snapshot() -> object:
+        return await asyncio.to_thread(svc.stores.events.list, 100)
+
+    return sse_stream(request, snapshot, svc.settings.monitor)
+
+
+@router.post("/events/reset")
+async def reset_events(user: AdminUser, svc: Svc) -> dict[str, str]:
+    """Clear the event log. Operators only (LUMEN_AUTH__ADMIN_USERS)."""
+    await asyncio.to_thread(svc.stores.events.reset)
+    return {"message": "Monitor events reset successfully."}

@@ -1,0 +1,166 @@
+"""Settings: the one configuration object, read from `LUMEN_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "please-change"}
+_MIN_SECRET_CHARS = 32
+
+
+class RedisSettings(BaseModel):
+    """Where Redis is and how keys are namespaced."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "lumen"
+
+
+class ModelSettings(BaseModel):
+    """Which open_clip model the Embedder loads."""
+
+    name: str = "ViT-B-32"
+    # An open_clip pretrained tag (downloaded once by open_clip) ...
+    pretrained: str | None = "laion2b_s34b_b79k"
+    # ... or a local checkpoint file (.pt / .safetensors); wins over `pretrained`.
+    checkpoint: str | None = None
+    # Optional model-config JSON registered with open_clip before creation (custom archs).
+    config_file: str | None = None
+    # Where open_clip caches downloaded weights.
+    cache_dir: str | None = None
+    fp16_on_gpu: bool = True
+    caption_labels: int = 3
+
+
+class LimitSettings(BaseModel):
+    """Bounds on every input a user controls."""
+
+    max_upload_bytes: int = 2 * 1024**3
+    max_zip_members: int = 10_000
+    max_uncompressed_bytes: int = 8 * 1024**3
+    max_compression_ratio: float = 200.0
+    max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    max_image_bytes: int = 100 * 1024**2
+    max_pdf_pages: int = 500
+    pdf_dpi: int = 150
+    pdf_timeout_s: float = 120.0
+    max_query_chars: int = 1_000
+    max_top_k: int = 100
+    max_search_image_bytes: int = 20 * 1024**2
+
+
+class AuthSettings(BaseModel):
+    """Tokens, password rules and login throttling."""
+
+    jwt_secret: str | None = None
+    jwt_algorithm: str = "HS256"
+    token_ttl_s: int = 24 * 3600
+    min_password_chars: int = 8
+    max_password_chars: int = 1024
+    login_max_failures: int = 5
+    login_window_s: int = 900
+    admin_users: list[str] = Field(default_factory=list)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _refuse_placeholders(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.strip().lower() in _PLACEHOLDER_SECRETS or len(value) < _MIN_SECRET_CHARS:
+            raise ValueError(
+                f"LUMEN_AUTH__JWT_SECRET must be a random string of at least {_MIN_SECRET_CHARS}"
+                " characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        return value
+
+
+class QueueSettings(BaseModel):
+    """Reliable-queue timing and the dispatcher's pacing."""
+
+    task_timeout_s: float = 120.0
+    max_retries: int = 3
+    dispatch_batch_size: int = 32
+    max_inflight_batches: int = 4
+    poll_interval_s: float = 0.05
+    queue_shards: int = 2
+    index_shards: int = 2
+
+
+class IndexSettings(BaseModel):
+    """FAISS index shapes."""
+
+    approximate_threshold: int = 50_000
+    ivf_nprobe: int = 32
+
+
+class GeminiSettings(BaseModel):
+    """The answerer behind `POST /search/pdf`; page images leave the server when a key is set."""
+
+    api_key: str | None = None
+    model: str = "gemini-2.5-flash"
+    base_url: str | None = None
+    timeout_s: float = 30.0
+
+
+class MonitorSettings(BaseModel):
+    """How workers are watched and events kept."""
+
+    poll_interval_s: float = 2.0
+    heartbeat_interval_s: float = 2.0
+    stale_after_s: float = 15.0
+    dead_ttl_s: float = 600.0
+    max_events: int = 1000
+    sse_interval_s: float = 1.0
+    sse_heartbeat_s: float = 10.0
+
+
+class Settings(BaseSettings):
+    """Everything a deployment, actor or command needs to know, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LUMEN_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("./data")
+    app_name: str = "lumen"
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    gemini: GeminiSettings = Field(default_factory=GeminiSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def with_local_secret(self) -> Settings:
+        """Return settings whose JWT secret is set, generating one kept in the data dir."""
+        if self.auth.jwt_secret:
+            return self
+        secret = load_or_create_secret(self.data_dir / "jwt_secret")
+        auth = self.auth.model_copy(update={"jwt_secret": secret})
+        return self.model_copy(update={"auth": auth})
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read the secret at `path`, creating it (mode 0600) on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret

@@ -1,0 +1,118 @@
+"""The project's one exception tree; the ingress maps each class to an HTTP status.
+
+    LumenError
+    ├── BadRequest                 400  the request is malformed or a parameter is out of range
+    │   ├── InvalidUpload          400  an archive, image or PDF we cannot or will not read
+    │   └── ModelMismatch          409  an index built with another model/dimension
+    ├── LimitExceeded              413  an input is over a configured limit (names the limit)
+    ├── Unauthorized               401  missing, expired or forged credentials
+    ├── Forbidden                  403  authenticated, but not allowed
+    ├── NotFound                   404  no such thing in the caller's space
+    ├── Conflict                   409  the thing already exists
+    ├── TooManyRequests            429  slow down (carries retry_after_s)
+    └── ServiceUnavailable         503  a dependency (Ray, Redis, a model) is not answering
+
+Fields live in `args` so instances survive pickling across Ray.
+"""
+
+from __future__ import annotations
+
+
+class LumenError(Exception):
+    """Base class: `code` is stable, `status` is the HTTP status, args[0] is the message."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str, *args: object) -> None:
+        super().__init__(message, *args)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequest(LumenError):
+    """The request is malformed or a parameter is out of range."""
+
+    code = "bad_request"
+    status = 400
+
+
+class InvalidUpload(BadRequest):
+    """An archive, image or PDF we cannot or will not read."""
+
+    code = "invalid_upload"
+
+
+class ModelMismatch(BadRequest):
+    """The user's index was built with another model or dimension."""
+
+    code = "model_mismatch"
+    status = 409
+
+
+class LimitExceeded(LumenError):
+    """An input is over a configured limit; args: (message, limit_name)."""
+
+    code = "limit_exceeded"
+    status = 413
+
+    def __init__(self, message: str, limit: str = "") -> None:
+        super().__init__(message, limit)
+
+    @property
+    def limit(self) -> str:
+        return str(self.args[1])
+
+
+class Unauthorized(LumenError):
+    """Missing, expired or forged credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(LumenError):
+    """Authenticated, but not allowed to do this."""
+
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(LumenError):
+    """No such thing in the caller's space."""
+
+    code = "not_found"
+    status = 404
+
+
+class Conflict(LumenError):
+    """The thing already exists."""
+
+    code = "conflict"
+    status = 409
+
+
+class TooManyRequests(LumenError):
+    """Slow down; args: (message, retry_after_s)."""
+
+    code = "too_many_requests"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int = 60) -> None:
+        super().__init__(message, retry_after_s)
+
+    @property
+    def retry_after_s(self) -> int:
+        return int(self.args[1])  # type: ignore[call-overload]
+
+
+class ServiceUnavailable(LumenError):
+    """A dependency (Ray, Redis, the model) is not answering."""
+
+    code = "service_unavailable"
+    status = 503

@@ -1,0 +1,305 @@
+"""ZIP uploads: safe extraction of the images inside an archive into one user folder.
+
+Rules, in the order they are applied:
+
+- The archive as a whole is refused (InvalidUpload) when it is not a ZIP, is damaged or
+  truncated, has no members, or has any encrypted member; and (LimitExceeded, naming the
+  limit) when it has more than `max_zip_members` members, declares more than
+  `max_uncompressed_bytes` in total, or any member over 1 MiB declares a compression ratio
+  above `max_compression_ratio`. The same limits are enforced again on the bytes actually
+  decompressed, because headers can lie.
+- Directories, hidden entries (any path component starting with '.') and `__MACOSX/` are
+  skipped silently.
+- Symbolic links, absolute paths, drive letters and `..` components are skipped with a
+  reason, never followed. Nothing is ever written outside `dest_dir` in any case: every
+  file is stored under a sanitized basename of its own (subfolders are flattened).
+- Nested archives, members that are not JPEG/PNG/HEIC (sniffed from bytes), members over
+  `max_image_bytes` or `max_image_pixels`, and damaged members are skipped with a reason;
+  the rest of the archive is still extracted.
+
+Names keep unicode letters and digits, `-`, `_`, `.` and space; anything else becomes `_`,
+and names are capped at 150 UTF-8 bytes. The extension is the original one lowercased when
+it names the sniffed format, else the format's canonical one. An existing file is never
+overwritten: `photo.jpg` becomes `photo_1.jpg`, `photo_2.jpg`, ... (claimed with O_EXCL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import stat
+import unicodedata
+import uuid
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from lumen.config import LimitSettings
+from lumen.errors import InvalidUpload, LimitExceeded
+from lumen.ingest.images import ImageFormat, sniff_format, validate_image_file
+
+CHUNK_BYTES = 1024 * 1024
+MAX_NAME_BYTES = 150
+RATIO_FLOOR_BYTES = 1024 * 1024  # members smaller than this cannot be a meaningful bomb
+_ARCHIVE_MAGIC = (
+    b"PK\x03\x04",
+    b"PK\x05\x06",
+    b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07",
+    b"\x1f\x8b",
+    b"\xfd7zXZ\x00",
+)
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_UTF8_FLAG = 0x800
+
+
+@dataclass(frozen=True)
+class ExtractedImage:
+    """An image stored on disk: where it is, what it was called, what it holds."""
+
+    path: Path
+    original_name: str
+    sha256: str
+    format: ImageFormat
+
+
+@dataclass(frozen=True)
+class SkippedMember:
+    """An archive member that was not extracted, and why (shown to the user)."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class ExtractResult:
+    images: list[ExtractedImage] = field(default_factory=list)
+    skipped: list[SkippedMember] = field(default_factory=list)
+
+
+class _SkipMember(Exception):
+    """Internal: this member is skipped with the given reason."""
+
+
+def extract_images(zip_path: Path, dest_dir: Path, limits: LimitSettings) -> ExtractResult:
+    """Extract every acceptable image in `zip_path` into `dest_dir` (see module rules)."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    result = ExtractResult()
+    with _open_zip(zip_path) as archive:
+        infos = archive.infolist()
+        check_declared_limits(infos, limits)
+        budget = _Budget(limits.max_uncompressed_bytes)
+        for info in infos:
+            name = member_name(info)
+            try:
+                image = _extract_member(archive, info, name, dest_dir, limits, budget)
+            except _SkipMember as skip:
+                result.skipped.append(SkippedMember(name, str(skip)))
+                continue
+            if image is not None:
+                result.images.append(image)
+    return result
+
+
+def save_single_image(
+    src: Path, dest_dir: Path, name: str, limits: LimitSettings
+) -> ExtractedImage:
+    """Store one uploaded image file in `dest_dir` under a safe, unique version of `name`."""
+    size = src.stat().st_size
+    if size > limits.max_image_bytes:
+        raise LimitExceeded(
+            f"'{name}' is {size} bytes; the limit is {limits.max_image_bytes}", "max_image_bytes"
+        )
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as handle:
+        return _store(handle, name, dest_dir, limits, check=lambda _n: None, what=f"'{name}'")
+
+
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        raise InvalidUpload(
+            f"the upload is not a readable ZIP archive (damaged or truncated?): {exc}"
+        ) from exc
+
+
+def check_declared_limits(infos: list[zipfile.ZipInfo], limits: LimitSettings) -> None:
+    """Refuse an archive whose central directory alone is over a limit or encrypted."""
+    if not infos:
+        raise InvalidUpload("the ZIP archive is empty")
+    if len(infos) > limits.max_zip_members:
+        raise LimitExceeded(
+            f"the archive has {len(infos)} members; the limit is {limits.max_zip_members}",
+            "max_zip_members",
+        )
+    if any(info.flag_bits & 0x1 for info in infos):
+        raise InvalidUpload("encrypted archives are not supported; upload an unencrypted ZIP")
+    total = sum(info.file_size for info in infos)
+    if total > limits.max_uncompressed_bytes:
+        raise LimitExceeded(
+            f"the archive expands to {total} bytes; the limit is {limits.max_uncompressed_bytes}",
+            "max_uncompressed_bytes",
+        )
+    for info in infos:
+        _check_ratio(info.filename, info.file_size, info.compress_size, limits)
+
+
+def _check_ratio(name: str, size: int, compressed: int, limits: LimitSettings) -> None:
+    if size > RATIO_FLOOR_BYTES and size > max(compressed, 1) * limits.max_compression_ratio:
+        raise LimitExceeded(
+            f"'{name}' expands more than {limits.max_compression_ratio:g}x; "
+            "this looks like a ZIP bomb",
+            "max_compression_ratio",
+        )
+
+
+class _Budget:
+    """Counts bytes really decompressed across the whole archive."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def check(self, total_after: int) -> None:
+        if total_after > self.limit:
+            raise LimitExceeded(
+                f"the archive expands past {self.limit} bytes", "max_uncompressed_bytes"
+            )
+
+
+def member_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as its author meant it (UTF-8 names written without the flag)."""
+    name = info.filename
+    if not info.flag_bits & _UTF8_FLAG:
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+            name = name.encode("cp437").decode("utf-8")
+    return name.replace("\\", "/")
+
+
+def _extract_member(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    name: str,
+    dest_dir: Path,
+    limits: LimitSettings,
+    budget: _Budget,
+) -> ExtractedImage | None:
+    if info.is_dir() or _is_junk(name):
+        return None
+    _refuse_unsafe(info, name)
+    if info.file_size > limits.max_image_bytes:
+        raise _SkipMember(f"larger than the {limits.max_image_bytes}-byte limit for one image")
+
+    def check(real: int) -> None:
+        if real > info.file_size:
+            raise InvalidUpload(f"'{name}' holds more data than its header declares")
+        budget.check(budget.used + real)
+        _check_ratio(name, real, info.compress_size, limits)
+
+    try:
+        with archive.open(info) as handle:
+            image = _store(handle, name, dest_dir, limits, check, what="the image")
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+        raise _SkipMember(f"damaged or unsupported member: {exc}") from exc
+    except InvalidUpload as exc:
+        raise _SkipMember(str(exc)) from exc
+    except LimitExceeded as exc:
+        if exc.limit != "max_image_pixels":
+            raise  # an archive-wide limit: the whole upload is refused
+        raise _SkipMember(str(exc)) from exc
+    budget.used += info.file_size
+    return image
+
+
+def _is_junk(name: str) -> bool:
+    parts = [p for p in name.split("/") if p]
+    hidden = any(p.startswith(".") and p not in (".", "..") for p in parts)
+    return not parts or parts[0] == "__MACOSX" or hidden
+
+
+def _refuse_unsafe(info: zipfile.ZipInfo, name: str) -> None:
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise _SkipMember("symbolic links are not extracted")
+    if name.startswith("/") or _DRIVE.match(name) or ".." in name.split("/"):
+        raise _SkipMember("unsafe path (absolute, or reaching outside the archive)")
+
+
+def _store(
+    handle: BinaryIO,
+    name: str,
+    dest_dir: Path,
+    limits: LimitSettings,
+    check: Callable[[int], None],
+    what: str,
+) -> ExtractedImage:
+    """Stream `handle` into a new file in `dest_dir`, validating it as an image."""
+    head = handle.read(CHUNK_BYTES)
+    fmt = sniff_format(head)
+    if fmt is None:
+        if head.startswith(_ARCHIVE_MAGIC):
+            raise InvalidUpload("nested archives are not extracted")
+        raise InvalidUpload(f"{what} is not a JPEG, PNG or HEIC image")
+    partial = dest_dir / f".partial-{uuid.uuid4().hex}"
+    try:
+        digest = _copy(handle, head, partial, check)
+        validate_image_file(partial, limits.max_image_pixels, what=what)
+        final = claim_unique_path(dest_dir, safe_stem(PurePosixPath(name).stem), _ext(name, fmt))
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExtractedImage(final, name, digest, fmt)
+
+
+def _copy(handle: BinaryIO, head: bytes, out_path: Path, check: Callable[[int], None]) -> str:
+    digest = hashlib.sha256()
+    total = 0
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        chunk = head
+        while chunk:
+            total += len(chunk)
+            check(total)
+            digest.update(chunk)
+            out.write(chunk)
+            chunk = handle.read(CHUNK_BYTES)
+    return digest.hexdigest()
+
+
+def _ext(name: str, fmt: ImageFormat) -> str:
+    suffix = PurePosixPath(name).suffix.lower()
+    return suffix if suffix in fmt.extensions else fmt.extension
+
+
+def safe_stem(raw: str, fallback: str = "image") -> str:
+    """A filename stem with only unicode letters/digits and `-_. `; never hidden or empty."""
+    text = unicodedata.normalize("NFC", raw)
+    kept = "".join(ch if ch.isalnum() or ch in "-_. " else "_" for ch in text)
+    kept = kept.strip(" .")
+    return kept or fallback
+
+
+def _fit(stem: str, tail: str) -> str:
+    """Cut `stem` (on a character boundary) so that stem + tail fits MAX_NAME_BYTES."""
+    room = MAX_NAME_BYTES - len(tail.encode("utf-8"))
+    cut = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore").rstrip(" .")
+    return (cut or "image") + tail
+
+
+def claim_unique_path(dest_dir: Path, stem: str, ext: str) -> Path:
+    """Create (O_EXCL) and return `stem.ext`, or `stem_1.ext`, `stem_2.ext`, ... if taken."""
+    counter = 0
+    while True:
+        tail = f"_{counter}{ext}" if counter else ext
+        candidate = dest_dir / _fit(stem, tail)
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            counter += 1
+            continue
+        return candidate

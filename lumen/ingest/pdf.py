@@ -1,0 +1,219 @@
+"""PDF uploads: each page rendered to a JPEG (plus its text) in a time-limited worker process.
+
+MuPDF runs in a child process (`python -m lumen.ingest.pdf`) so that a hostile PDF can
+hang or crash only that child: it is killed after `pdf_timeout_s`. The child renders into
+a hidden staging folder (`.pdf-<uuid>/` inside `out_dir`) that is always removed, so a
+failed render leaves no pages behind. Finished pages are moved to `{stem}_page_001.jpg`
+(wider numbers past 999 pages); when `{stem}_page_*` files already exist the whole
+document moves to `{stem}_1`, `{stem}_2`, ... Page files are claimed with O_EXCL, so
+nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lumen.errors import InvalidUpload, LimitExceeded
+from lumen.ingest.archive import safe_stem
+
+if TYPE_CHECKING:
+    from lumen.config import LimitSettings
+
+JPEG_QUALITY = 90
+MAX_JPEG_SIDE = 65_000  # JPEG cannot store a side longer than 65535 pixels
+_RESULT_PREFIX = "LUMEN-PDF-RESULT "
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    """One rendered page: its JPEG on disk, 1-based number, extracted text and hash."""
+
+    path: Path
+    page_number: int
+    text: str
+    sha256: str
+
+
+def sniff_pdf(head: bytes) -> bool:
+    """True when the first KiB carries the `%PDF-` marker (readers allow leading junk)."""
+    return b"%PDF-" in head[:1024]
+
+
+def render_pdf(
+    pdf_path: Path, out_dir: Path, doc_stem: str, limits: LimitSettings
+) -> list[RenderedPage]:
+    """Render every page of `pdf_path` into `out_dir`; refuse bad or oversized PDFs."""
+    with pdf_path.open("rb") as handle:
+        if not sniff_pdf(handle.read(1024)):
+            raise InvalidUpload(f"'{pdf_path.name}' is not a PDF")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".pdf-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        pages = _run_worker(pdf_path, staging, limits)
+        return _publish(pages, out_dir, safe_stem(doc_stem, fallback="document"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(pages: list[RenderedPage], out_dir: Path, stem: str) -> list[RenderedPage]:
+    """Move staged pages to `{stem}_page_NNN.jpg`, moving the whole doc to a free stem."""
+    counter = 0
+    while True:
+        candidate = f"{stem}_{counter}" if counter else stem
+        counter += 1
+        if glob.glob(glob.escape(str(out_dir / f"{candidate}_page_")) + "*"):
+            continue
+        published: list[RenderedPage] = []
+        try:
+            for page in pages:
+                final = out_dir / f"{candidate}_{page.path.name}"
+                os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                os.replace(page.path, final)
+                published.append(RenderedPage(final, page.page_number, page.text, page.sha256))
+        except FileExistsError:  # lost a race for this stem: put pages back, try the next
+            for done, staged in zip(published, pages, strict=False):
+                os.replace(done.path, staged.path)
+            continue
+        return published
+
+
+def _run_worker(pdf_path: Path, staging: Path, limits: LimitSettings) -> list[RenderedPage]:
+    job = {
+        "pdf": str(pdf_path),
+        "out_dir": str(staging),
+        "dpi": limits.pdf_dpi,
+        "max_pixels": limits.max_image_pixels,
+        "max_pages": limits.max_pdf_pages,
+    }
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lumen.ingest.pdf", json.dumps(job)],
+            capture_output=True,
+            text=True,
+            timeout=limits.pdf_timeout_s,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InvalidUpload(f"PDF took longer than {limits.pdf_timeout_s:g} s to render") from exc
+    return _parse_result(proc)
+
+
+def _parse_result(proc: subprocess.CompletedProcess[str]) -> list[RenderedPage]:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT_PREFIX)]
+    if not lines:
+        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise InvalidUpload(f"the PDF could not be rendered ({detail[0]})")
+    result = json.loads(lines[-1][len(_RESULT_PREFIX) :])
+    if result["error"] == "limit":
+        raise LimitExceeded(result["message"], result["limit"])
+    if result["error"]:
+        raise InvalidUpload(result["message"])
+    return [
+        RenderedPage(Path(p["path"]), p["page_number"], p["text"], p["sha256"])
+        for p in result["pages"]
+    ]
+
+
+# ---- everything below runs inside the worker process ----
+
+
+def _import_pymupdf() -> Any:
+    try:
+        import pymupdf
+    except ImportError:  # older releases only ship the `fitz` name
+        import fitz as pymupdf
+    return pymupdf
+
+
+def render_in_process(
+    pdf: Path, out_dir: Path, dpi: int, max_pixels: int, max_pages: int
+) -> list[RenderedPage]:
+    """Render in this process (the worker's body); callers want `render_pdf`."""
+    pymupdf = _import_pymupdf()
+    try:
+        doc = pymupdf.open(pdf, filetype="pdf")
+    except Exception as exc:  # MuPDF raises its own types for every kind of damage
+        raise InvalidUpload(f"the PDF is damaged and cannot be opened: {exc}") from exc
+    with doc:
+        if doc.needs_pass:
+            raise InvalidUpload("password-protected PDFs are not supported; remove the password")
+        count = doc.page_count
+        if count == 0:
+            raise InvalidUpload("PDF has no pages")
+        if count > max_pages:
+            raise LimitExceeded(
+                f"the PDF has {count} pages; the limit is {max_pages}", "max_pdf_pages"
+            )
+        width = max(3, len(str(count)))
+        return [
+            _render_page(pymupdf, doc[i], out_dir / f"page_{i + 1:0{width}d}.jpg", dpi, max_pixels)
+            for i in range(count)
+        ]
+
+
+def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:
+    """The scale for a page: `dpi`, reduced so the bitmap stays under `max_pixels`."""
+    zoom = dpi / 72.0
+    area = max(width_pt * height_pt, 1.0)
+    if area * zoom * zoom > max_pixels:
+        zoom = math.sqrt(max_pixels / area) * 0.999
+    return min(zoom, MAX_JPEG_SIDE / max(width_pt, 1.0), MAX_JPEG_SIDE / max(height_pt, 1.0))
+
+
+def _render_page(pymupdf: Any, page: Any, path: Path, dpi: int, max_pixels: int) -> RenderedPage:
+    from PIL import Image
+
+    number = page.number + 1
+    try:
+        zoom = page_zoom(page.rect.width, page.rect.height, dpi, max_pixels)
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
+        img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+        text = page.get_text()
+    except Exception as exc:
+        raise InvalidUpload(f"page {number} of the PDF cannot be rendered: {exc}") from exc
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    data = buffer.getvalue()
+    with path.open("xb") as out:
+        out.write(data)
+    return RenderedPage(path, number, text, hashlib.sha256(data).hexdigest())
+
+
+def _worker_main(job_json: str) -> dict[str, Any]:
+    job = json.loads(job_json)
+    try:
+        pages = render_in_process(
+            Path(job["pdf"]),
+            Path(job["out_dir"]),
+            job["dpi"],
+            job["max_pixels"],
+            job["max_pages"],
+        )
+    except LimitExceeded as exc:
+        return {"error": "limit", "message": exc.message, "limit": exc.limit}
+    except InvalidUpload as exc:
+        return {"error": "invalid", "message": exc.message}
+    return {"error": None, "pages": [asdict(p) | {"path": str(p.path)} for p in pages]}
+
+
+if __name__ == "__main__":
+    # pymupdf imports its optional layout add-on (and onnxruntime) eagerly; plain rendering
+    # never uses it, and skipping it saves most of the worker's start-up time.
+    sys.modules.setdefault("pymupdf.layout", None)  # type: ignore[arg-type]
+    print(_RESULT_PREFIX + json.dumps(_worker_main(sys.argv[1])), flush=True)

@@ -1,0 +1,118 @@
+"""Every Redis key template, in one place (the arq habit).
+
+Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a.jpg`):
+
+    user:{u}            hash   password hash, created
+    login_fail:{u}      string failed-login counter with a TTL
+    queue:{u}           list   queued items, oldest first
+    processing:{u}      hash   item -> worker id
+    deadline            zset   "{u}\\0{item}" -> deadline (epoch s), across users
+    done:{u}            zset   item -> completion time
+    errors:{u}          hash   item -> last error message
+    retries:{u}         hash   item -> retry count
+    meta:{u}            hash   item -> JSON metadata (sha256, kind, doc, page)
+    caption:{u}         hash   item -> zero-shot caption made at indexing time
+    pdftext:{u}         hash   PDF page item -> the page's extracted text
+    sha:{u}             hash   sha256 -> item (content dedupe)
+    vec:{u}             hash   vector id -> float32 bytes
+    vid:{u}             hash   item -> vector id
+    vitem:{u}           hash   vector id -> item
+    vseq:{u}            string last vector id issued
+    vinfo:{u}           hash   model, dim of the user's vectors
+    active              set    users with queued items (the dispatcher's round robin)
+    events              list   monitor events, newest first (capped)
+    heartbeat           hash   worker id -> JSON metrics
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key templates under one namespace; tests give each run its own namespace."""
+
+    ns: str = "lumen"
+
+    def user(self, user: str) -> str:
+        return f"{self.ns}:user:{user}"
+
+    def login_fail(self, user: str) -> str:
+        return f"{self.ns}:login_fail:{user}"
+
+    def queue(self, user: str) -> str:
+        return f"{self.ns}:queue:{user}"
+
+    def processing(self, user: str) -> str:
+        return f"{self.ns}:processing:{user}"
+
+    @property
+    def deadline(self) -> str:
+        return f"{self.ns}:deadline"
+
+    def done(self, user: str) -> str:
+        return f"{self.ns}:done:{user}"
+
+    def errors(self, user: str) -> str:
+        return f"{self.ns}:errors:{user}"
+
+    def retries(self, user: str) -> str:
+        return f"{self.ns}:retries:{user}"
+
+    def meta(self, user: str) -> str:
+        return f"{self.ns}:meta:{user}"
+
+    def caption(self, user: str) -> str:
+        return f"{self.ns}:caption:{user}"
+
+    def pdftext(self, user: str) -> str:
+        return f"{self.ns}:pdftext:{user}"
+
+    def sha(self, user: str) -> str:
+        return f"{self.ns}:sha:{user}"
+
+    def vec(self, user: str) -> str:
+        return f"{self.ns}:vec:{user}"
+
+    def vid(self, user: str) -> str:
+        return f"{self.ns}:vid:{user}"
+
+    def vitem(self, user: str) -> str:
+        return f"{self.ns}:vitem:{user}"
+
+    def vseq(self, user: str) -> str:
+        return f"{self.ns}:vseq:{user}"
+
+    def vinfo(self, user: str) -> str:
+        return f"{self.ns}:vinfo:{user}"
+
+    @property
+    def active(self) -> str:
+        return f"{self.ns}:active"
+
+    @property
+    def events(self) -> str:
+        return f"{self.ns}:events"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.ns}:heartbeat"
+
+    def user_keys(self, user: str) -> list[str]:
+        """Every per-user key that `reset` clears (not the account itself)."""
+        return [
+            self.queue(user),
+            self.processing(user),
+            self.done(user),
+            self.errors(user),
+            self.retries(user),
+            self.meta(user),
+            self.caption(user),
+            self.pdftext(user),
+            self.sha(user),
+            self.vec(user),
+            self.vid(user),
+            self.vitem(user),
+            self.vinfo(user),
+        ]

@@ -1,0 +1,134 @@
+"""Users' searchable spaces: FAISS indexes rebuilt from Redis, kept in step with commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lumen.config import Settings
+from lumen.errors import ModelMismatch
+from lumen.index import UserIndex
+from lumen.pdfsearch import BM25Index, fuse
+from lumen.storage import Stores
+from lumen.vectors import decode_vectors
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: str
+    similarity: float
+    caption: str = ""
+    text_score: float | None = None
+    fused: float | None = None
+
+
+def is_pdf_page(user: str, item: str) -> bool:
+    return item.startswith(f"uploads/{user}/pdfs/")
+
+
+@dataclass
+class Space:
+    """One user's vectors: all items, and PDF pages alone for PDF questions."""
+
+    images: UserIndex
+    pdf_pages: UserIndex
+    bm25: BM25Index | None = None
+    pdf_ids: set[int] = field(default_factory=set)
+
+
+class SpaceRegistry:
+    """The spaces of the users hashed to one shard; Redis is the truth, these are caches."""
+
+    def __init__(self, settings: Settings, stores: Stores) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.spaces: dict[str, Space] = {}
+
+    def _new_index(self, dim: int) -> UserIndex:
+        ix = self.settings.index
+        return UserIndex(dim, approximate_threshold=ix.approximate_threshold, nprobe=ix.ivf_nprobe)
+
+    def load(self, user: str) -> Space | None:
+        """The user's space, rebuilt from Redis on first use; None when nothing is indexed."""
+        if user in self.spaces:
+            return self.spaces[user]
+        info = self.stores.vectors.info(user)
+        if info is None:
+            return None
+        all_ids: list[np.ndarray] = []
+        all_vecs: list[np.ndarray] = []
+        for ids, blobs in self.stores.vectors.scan(user):
+            all_ids.append(np.asarray(ids, dtype=np.int64))
+            all_vecs.append(decode_vectors(blobs, info.dim))
+        ids = np.concatenate(all_ids) if all_ids else np.empty(0, dtype=np.int64)
+        vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, info.dim), dtype=np.float32)
+        ix = self.settings.index
+        images = UserIndex.build(
+            info.dim, ids, vecs, approximate_threshold=ix.approximate_threshold, nprobe=ix.ivf_nprobe
+        )
+        space = Space(images=images, pdf_pages=self._new_index(info.dim))
+        items = self.stores.vectors.items_for(user, ids.tolist())
+        pdf_mask = np.array([bool(i) and is_pdf_page(user, i) for i in items], dtype=bool)
+        if pdf_mask.any():
+            space.pdf_pages.upsert(ids[pdf_mask], vecs[pdf_mask])
+            space.pdf_ids = set(ids[pdf_mask].tolist())
+        self.spaces[user] = space
+        return space
+
+    def add(self, user: str, dim: int, committed: dict[str, int], vectors: dict[str, np.ndarray]) -> None:
+        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated)."""
+        space = self.load(user)
+        if space is None or not committed:
+            return
+        items = list(committed)
+        ids = np.asarray([committed[i] for i in items], dtype=np.int64)
+        vecs = np.stack([vectors[i] for i in items]).astype(np.float32)
+        space.images.upsert(ids, vecs)
+        pdf = np.array([is_pdf_page(user, i) for i in items], dtype=bool)
+        if pdf.any():
+            space.pdf_pages.upsert(ids[pdf], vecs[pdf])
+            space.pdf_ids.update(ids[pdf].tolist())
+            space.bm25 = None
+
+    def drop(self, user: str) -> None:
+        self.spaces.pop(user, None)
+
+    def search(self, user: str, query: np.ndarray, k: int) -> list[Hit]:
+        space = self.load(user)
+        if space is None or len(space.images) == 0:
+            return []
+        self._check_dim(user, query)
+        hits = space.images.search(query.reshape(1, -1), k)[0]
+        return self._hits(user, [(h.id, h.score) for h in hits])
+
+    def search_pdf(self, user: str, query_vec: np.ndarray, query: str, k: int) -> list[Hit]:
+        space = self.load(user)
+        if space is None or len(space.pdf_pages) == 0:
+            return []
+        self._check_dim(user, query_vec)
+        n = len(space.pdf_pages)
+        clip_hits = space.pdf_pages.search(query_vec.reshape(1, -1), n)[0]
+        items = self.stores.vectors.items_for(user, [h.id for h in clip_hits])
+        clip_scores = {it: h.score for it, h in zip(items, clip_hits, strict=True) if it}
+        if space.bm25 is None:
+            space.bm25 = BM25Index(self.stores.queue.pdf_texts(user))
+        text = {i: r for i, r in space.bm25.relevance(query).items() if i in clip_scores}
+        fused = fuse(clip_scores, text, k=k)
+        return [
+            Hit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score) for h in fused
+        ]
+
+    def _check_dim(self, user: str, query: np.ndarray) -> None:
+        info = self.stores.vectors.info(user)
+        if info is not None and info.dim != query.shape[-1]:
+            raise ModelMismatch(
+                f"this space was indexed with {info.model} ({info.dim} dims); reset it "
+                "(POST /reset) and upload again to search with the current model"
+            )
+
+    def _hits(self, user: str, pairs: list[tuple[int, float]]) -> list[Hit]:
+        items = self.stores.vectors.items_for(user, [vid for vid, _ in pairs])
+        found = [(it, s) for it, (_, s) in zip(items, pairs, strict=True) if it]
+        captions = self.stores.vectors.captions(user, [it for it, _ in found])
+        return [Hit(it, float(s), c) for (it, s), c in zip(found, captions, strict=True)]

@@ -1,0 +1,103 @@
+"""The Embedder's framework-free core: decode an item, embed batches, caption, report health."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from lumen.captions import Captioner
+from lumen.config import Settings
+from lumen.embedding import ClipModel
+from lumen.errors import LumenError
+from lumen.ingest.images import open_image
+from lumen.paths import resolve_item
+from lumen.vectors import encode_vector
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What the dispatcher gets back for one item: a vector, or an error that says why."""
+
+    user: str
+    item: str
+    worker: str
+    vector: bytes | None = None
+    caption: str = ""
+    error: str | None = None
+    permanent: bool = False  # True: retrying cannot help (corrupt or refused input)
+
+
+class EmbedderCore:
+    """Loads the model once; decodes on threads; embeds whole batches."""
+
+    def __init__(self, settings: Settings, worker_id: str, threads: int | None = None) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.model = ClipModel.from_settings(settings.model, threads=threads)
+        self.captioner = Captioner(self.model)
+        # Decode at no more than twice the model's input size (JPEG draft mode).
+        side = max(2 * int(self.model.image_size), 64)
+        self._draft = (side, side)
+        self._proc = psutil.Process(os.getpid())
+        self._proc.cpu_percent(None)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.dim)
+
+    def decode(self, user: str, item: str) -> torch.Tensor:
+        path = resolve_item(self.settings.data_dir, user, item)
+        img = open_image(path, max_pixels=self.settings.limits.max_image_pixels, draft_size=self._draft)
+        return self.model.preprocess_image(img)
+
+    def decode_bytes(self, data: bytes) -> torch.Tensor:
+        limits = self.settings.limits
+        img = open_image(data, max_pixels=limits.max_image_pixels, draft_size=self._draft)
+        return self.model.preprocess_image(img)
+
+    def embed_tensors(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str]]:
+        vectors = self.model.encode_image_tensors(torch.stack(tensors))
+        captions = self.captioner.caption(vectors, self.settings.model.caption_labels)
+        return vectors, captions
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode_texts(texts)
+
+    def result(self, user: str, item: str, vector: np.ndarray, caption: str) -> EmbedResult:
+        return EmbedResult(user, item, self.worker_id, encode_vector(vector), caption)
+
+    def failure(self, user: str, item: str, exc: BaseException) -> EmbedResult:
+        permanent = isinstance(exc, LumenError | FileNotFoundError)
+        return EmbedResult(user, item, self.worker_id, error=str(exc) or type(exc).__name__,
+                           permanent=permanent)
+
+    def metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {
+            "cpu": round(self._proc.cpu_percent(None), 1),
+            "mem": round(self._proc.memory_percent(), 1),
+            "rss_mb": round(self._proc.memory_info().rss / 1024**2, 1),
+            "ts": int(time.time()),
+            "pid": os.getpid(),
+            "node": os.uname().nodename,
+            "device": str(self.model.device),
+        }
+        if torch.cuda.is_available():
+            try:
+                metrics["gpu"] = float(torch.cuda.utilization())
+                metrics["gpu_mem"] = round(
+                    100 * torch.cuda.memory_allocated() / torch.cuda.get_device_properties(0).total_memory, 1
+                )
+            except Exception:  # noqa: BLE001 - pynvml missing on some images
+                pass
+        return metrics

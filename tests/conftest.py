@@ -1,0 +1,154 @@
+"""Session fixtures: a private redis-server, one local Ray + Serve app, a tiny trained model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.tiny_clip import TinyClip, ensure_tiny_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RedisServer:
+    """A redis-server this test session owns, with AOF, that tests may restart."""
+
+    port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is required (scripts/ensure-redis.sh installs it)"
+        cmd = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(200):
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    from deploy import free_port
+
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> TinyClip:
+    return ensure_tiny_clip()
+
+
+@dataclass
+class Service:
+    """The running app: its base URL, settings overrides and the Redis behind it."""
+
+    url: str
+    settings: Any
+    redis: RedisServer
+    config: dict[str, Any]
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kw)
+
+    def new_user(self, prefix: str = "u") -> tuple[str, dict[str, str]]:
+        """Sign up and log in a fresh user; returns (name, auth headers)."""
+        name = f"{prefix}{uuid.uuid4().hex[:10]}"
+        with self.client() as c:
+            r = c.post("/signup", json={"username": name, "password": "correct horse"})
+            assert r.status_code == 200, r.text
+            r = c.post("/login", data={"username": name, "password": "correct horse"})
+            assert r.status_code == 200, r.text
+            return name, {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+ADMIN = "operator"
+
+
+def service_settings(data_dir: Path, redis_url: str, clip: TinyClip) -> dict[str, Any]:
+    model = clip.model_settings().model_dump()
+    return {
+        "data_dir": str(data_dir),
+        "redis": {"url": redis_url, "namespace": f"t{uuid.uuid4().hex[:6]}"},
+        "model": model,
+        "queue": {"task_timeout_s": 30.0, "max_retries": 2, "poll_interval_s": 0.02},
+        "auth": {"admin_users": [ADMIN]},
+        "monitor": {"poll_interval_s": 1.0, "sse_interval_s": 0.25, "heartbeat_interval_s": 1.0},
+    }
+
+
+@pytest.fixture(scope="session")
+def service(
+    redis_server: RedisServer, tiny_clip: TinyClip, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from deploy import deploy, free_port, load_config, start_ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    data_dir = tmp_path_factory.mktemp("data")
+    overrides = service_settings(data_dir, redis_server.url, tiny_clip)
+    config = load_config(ROOT / "configs" / "local.yaml", overrides)
+    port = free_port()
+    config["http_options"]["port"] = port
+    start_ray(num_cpus=4)
+    deploy(config)
+    from lumen.config import Settings
+
+    settings = Settings(**overrides)
+    svc = Service(f"http://127.0.0.1:{port}", settings, redis_server, config)
+    _wait_healthy(svc)
+    yield svc
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _wait_healthy(svc: Service, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{svc.url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("service did not become healthy")

@@ -1,0 +1,295 @@
+"""ZIP extraction: the happy path, naming rules and the hostile corpus."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lumen.config import LimitSettings
+from lumen.errors import InvalidUpload, LimitExceeded
+from lumen.ingest.archive import (
+    ExtractResult,
+    claim_unique_path,
+    extract_images,
+    safe_stem,
+    save_single_image,
+)
+from lumen.ingest.images import ImageFormat
+from tests.support import hostile
+from tests.support.hostile import HOSTILE_ZIPS, HostileCase, make_heic, make_jpeg, make_png, make_zip
+
+LIMITS = LimitSettings()
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path) -> Path:
+    return tmp_path / "users" / "alice"
+
+
+def _extract(tmp_path: Path, data: bytes, dest: Path, limits: LimitSettings = LIMITS) -> ExtractResult:
+    upload = tmp_path / "upload.zip"
+    upload.write_bytes(data)
+    return extract_images(upload, dest, limits)
+
+
+def _all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _names(result: ExtractResult) -> list[str]:
+    return sorted(image.path.name for image in result.images)
+
+
+def _reasons(result: ExtractResult) -> dict[str, str]:
+    return {skip.name: skip.reason for skip in result.skipped}
+
+
+def test_good_zip_yields_every_image_with_format_and_hash(tmp_path: Path, user_dir: Path) -> None:
+    members = {"a.jpg": make_jpeg(), "b.png": make_png(), "c.heic": make_heic()}
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    assert _names(result) == ["a.jpg", "b.png", "c.heic"]
+    assert result.skipped == []
+    for image in result.images:
+        assert image.path.parent == user_dir
+        assert image.path.read_bytes() == members[image.original_name]
+        assert image.sha256 == hashlib.sha256(members[image.original_name]).hexdigest()
+    formats = {image.original_name: image.format for image in result.images}
+    assert formats == {"a.jpg": ImageFormat.JPEG, "b.png": ImageFormat.PNG, "c.heic": ImageFormat.HEIC}
+
+
+def test_zip_slip_entry_never_writes_outside_user_folder(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.zip_slip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert "unsafe path" in _reasons(result)["../../evil.jpg"]
+    assert _all_files(tmp_path) == [tmp_path / "upload.zip", user_dir / "good.jpg"]
+    assert not list(tmp_path.rglob("evil*"))
+
+
+def test_absolute_and_drive_letter_paths_are_skipped(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.absolute_path_zip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert set(_reasons(result)) == {"/tmp/evil.jpg", "C:/evil2.jpg"}
+    assert not list(tmp_path.rglob("evil*"))
+
+
+def test_symlink_entry_is_skipped_and_never_created(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.symlink_zip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert _reasons(result) == {"link.jpg": "symbolic links are not extracted"}
+    assert not any(p.is_symlink() for p in user_dir.iterdir())
+
+
+def test_zip_bomb_is_refused_by_compression_ratio(tmp_path: Path, user_dir: Path) -> None:
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, hostile.zip_bomb(), user_dir)
+    assert caught.value.limit == "max_compression_ratio"
+    assert _all_files(user_dir) == []
+
+
+def test_member_with_lying_sizes_is_skipped_and_never_inflated(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    result = _extract(tmp_path, hostile.lying_size_zip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert "damaged" in _reasons(result)["liar.jpg"]
+    assert all(p.stat().st_size < 100_000 for p in _all_files(user_dir))
+
+
+def test_declared_total_over_limit_refuses_the_archive(tmp_path: Path, user_dir: Path) -> None:
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, hostile.declared_huge_zip(), user_dir)
+    assert caught.value.limit == "max_uncompressed_bytes"
+
+
+def test_real_total_over_limit_refuses_the_archive(tmp_path: Path, user_dir: Path) -> None:
+    data = make_zip({"a.jpg": make_jpeg(size=(300, 300)), "b.jpg": make_jpeg(size=(300, 300))})
+    limits = LimitSettings(max_uncompressed_bytes=len(make_jpeg(size=(300, 300))) + 10)
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, data, user_dir, limits)
+    assert caught.value.limit == "max_uncompressed_bytes"
+
+
+def test_too_many_members_refuses_the_archive(tmp_path: Path, user_dir: Path) -> None:
+    data = make_zip({f"{i}.jpg": make_jpeg() for i in range(11)})
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, data, user_dir, LimitSettings(max_zip_members=10))
+    assert caught.value.limit == "max_zip_members"
+    assert _all_files(user_dir) == []
+
+
+def test_nested_archive_is_skipped_with_reason(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.nested_zip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert _reasons(result) == {"inner.zip": "nested archives are not extracted"}
+
+
+def test_encrypted_zip_is_refused(tmp_path: Path, user_dir: Path) -> None:
+    with pytest.raises(InvalidUpload, match="encrypted archives are not supported"):
+        _extract(tmp_path, hostile.encrypted_zip(), user_dir)
+
+
+@pytest.mark.parametrize("build", [hostile.truncated_zip, hostile.not_a_zip, hostile.empty_zip])
+def test_unreadable_or_empty_archive_is_an_invalid_upload(
+    tmp_path: Path, user_dir: Path, build: object
+) -> None:
+    with pytest.raises(InvalidUpload):
+        _extract(tmp_path, build(), user_dir)  # type: ignore[operator]
+
+
+def test_text_named_jpg_is_skipped_as_not_an_image(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.text_as_jpg_zip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert "not a JPEG, PNG or HEIC image" in _reasons(result)["notes.jpg"]
+
+
+def test_oversized_image_is_skipped_and_the_rest_extracted(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.bomb_png_zip(), user_dir)
+    assert _names(result) == ["good.jpg"]
+    assert "pixels" in _reasons(result)["bomb.png"]
+
+
+def test_image_over_max_image_bytes_is_skipped(tmp_path: Path, user_dir: Path) -> None:
+    big = make_jpeg(size=(400, 400))
+    data = make_zip({"big.jpg": big, "small.png": make_png(size=(8, 8))})
+    result = _extract(tmp_path, data, user_dir, LimitSettings(max_image_bytes=len(big) - 1))
+    assert _names(result) == ["small.png"]
+    assert "limit for one image" in _reasons(result)["big.jpg"]
+
+
+def test_hidden_files_and_macos_metadata_are_silently_skipped(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    jpeg = make_jpeg()
+    members = {
+        ".DS_Store": b"junk",
+        "__MACOSX/._a.jpg": jpeg,
+        ".hidden/x.jpg": jpeg,
+        "trip/.thumb.jpg": jpeg,
+        "trip/": b"",
+        "trip/a.jpg": jpeg,
+    }
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    assert _names(result) == ["a.jpg"]
+    assert result.skipped == []
+
+
+def test_upper_case_extensions_and_unicode_names_survive(tmp_path: Path, user_dir: Path) -> None:
+    members = {"Фото/ÉTÉ 2024.JPG": make_jpeg(), "日本.PNG": make_png(), "IMG_1.HEIC": make_heic()}
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    assert _names(result) == sorted(["ÉTÉ 2024.jpg", "日本.png", "IMG_1.heic"])
+    assert {image.original_name for image in result.images} == set(members)
+
+
+def test_names_without_the_utf8_flag_are_decoded(tmp_path: Path, user_dir: Path) -> None:
+    result = _extract(tmp_path, hostile.cp437_named_zip(), user_dir)
+    assert _names(result) == sorted(["café_ü.jpg", "café.jpg"])
+
+
+def test_subfolders_are_flattened_and_same_names_kept_apart(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    members = {"2023/beach/IMG_1.jpg": make_jpeg((1, 2, 3)), "2024/IMG_1.jpg": make_jpeg()}
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    assert _names(result) == ["IMG_1.jpg", "IMG_1_1.jpg"]
+    assert [p.parent for p in _all_files(user_dir)] == [user_dir, user_dir]
+
+
+def test_extracting_the_same_zip_twice_never_overwrites(tmp_path: Path, user_dir: Path) -> None:
+    data = make_zip({"a.jpg": make_jpeg(), "b.png": make_png()})
+    first = _extract(tmp_path, data, user_dir)
+    before = {p: p.read_bytes() for p in _all_files(user_dir)}
+    second = _extract(tmp_path, data, user_dir)
+    assert _names(second) == ["a_1.jpg", "b_1.png"]
+    assert {p: p.read_bytes() for p in before} == before
+    assert len(_all_files(user_dir)) == 4
+    assert [i.sha256 for i in first.images] == [i.sha256 for i in second.images]
+
+
+def test_wrong_or_missing_extension_is_taken_from_the_bytes(tmp_path: Path, user_dir: Path) -> None:
+    members = {"photo.png": make_jpeg(), "scan": make_png(), "x.JPEG": make_jpeg()}
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    assert _names(result) == ["photo.jpg", "scan.png", "x.jpeg"]
+
+
+def test_unsafe_characters_are_replaced_and_long_names_capped(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    long_name = "é" * 200 + ".jpg"
+    members = {'we<ird>:na|me?*".jpg': make_jpeg(), long_name: make_jpeg()}
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    names = _names(result)
+    assert "we_ird__na_me___.jpg" in names
+    assert all(len(n.encode("utf-8")) <= 150 and n.endswith(".jpg") for n in names)
+
+
+def test_no_partial_files_are_left_behind(tmp_path: Path, user_dir: Path) -> None:
+    for case in HOSTILE_ZIPS:
+        try:
+            _extract(tmp_path, case.build(), user_dir)
+        except (InvalidUpload, LimitExceeded):
+            pass
+    assert not [p for p in user_dir.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", HOSTILE_ZIPS, ids=lambda case: case.name)
+def test_hostile_zip_corpus_gets_its_documented_outcome(
+    tmp_path: Path, user_dir: Path, case: HostileCase
+) -> None:
+    if case.outcome == "partial":
+        result = _extract(tmp_path, case.build(), user_dir)
+        assert _names(result) == ["good.jpg"]
+        assert result.skipped
+        return
+    expected = LimitExceeded if case.outcome == "limit_exceeded" else InvalidUpload
+    with pytest.raises(expected) as caught:
+        _extract(tmp_path, case.build(), user_dir)
+    if case.limit:
+        assert caught.value.limit == case.limit  # type: ignore[attr-defined]
+    assert not any(p.is_file() for p in user_dir.glob("*"))
+
+
+def test_single_upload_is_stored_under_a_safe_unique_name(tmp_path: Path, user_dir: Path) -> None:
+    src = tmp_path / "incoming"
+    src.write_bytes(make_heic())
+    first = save_single_image(src, user_dir, "../My Photo.HEIC", LIMITS)
+    second = save_single_image(src, user_dir, "../My Photo.HEIC", LIMITS)
+    assert (first.path.name, second.path.name) == ("My Photo.heic", "My Photo_1.heic")
+    assert first.format is ImageFormat.HEIC
+    assert first.path.parent == user_dir
+
+
+def test_single_upload_of_text_is_refused(tmp_path: Path, user_dir: Path) -> None:
+    src = tmp_path / "incoming"
+    src.write_bytes(b"not an image at all")
+    with pytest.raises(InvalidUpload, match="'x.jpg' is not a JPEG"):
+        save_single_image(src, user_dir, "x.jpg", LIMITS)
+
+
+def test_single_upload_over_pixel_limit_is_refused(tmp_path: Path, user_dir: Path) -> None:
+    src = tmp_path / "incoming"
+    src.write_bytes(make_jpeg(size=(100, 100)))
+    with pytest.raises(LimitExceeded):
+        save_single_image(src, user_dir, "x.jpg", LimitSettings(max_image_pixels=100))
+    assert _all_files(user_dir) == []
+
+
+def test_safe_stem_never_makes_hidden_or_empty_names() -> None:
+    assert safe_stem("..") == "image"
+    assert safe_stem(".bashrc") == "bashrc"
+    assert safe_stem("a/b\\c") == "a_b_c"
+
+
+def test_claimed_paths_are_unique(tmp_path: Path) -> None:
+    paths = {claim_unique_path(tmp_path, "x", ".jpg") for _ in range(3)}
+    assert sorted(p.name for p in paths) == ["x.jpg", "x_1.jpg", "x_2.jpg"]
+
+
+def test_zipfile_itself_would_have_followed_the_slip() -> None:
+    """Guards the corpus: the slip member really is named with `..`."""
+    import io
+
+    with zipfile.ZipFile(io.BytesIO(hostile.zip_slip())) as archive:
+        assert "../../evil.jpg" in archive.namelist()
