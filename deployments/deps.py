@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from deployments.services import Services
+from deployments.services import Services, current
 from lumen.errors import Forbidden, Unauthorized
 
 _bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
 
 
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def get_services() -> Services:
+    services = current()
     services.start_keeper()
     return services
 

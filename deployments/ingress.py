@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib import resources
 from typing import Any
@@ -15,7 +16,8 @@ from ray.exceptions import RayError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.routes import auth, monitor, queue, search, uploads
-from deployments.services import Services
+from deployments.services import Services, install
+from deployments.services import current as services_current
 from lumen.config import Settings
 from lumen.errors import LimitExceeded, LumenError, TooManyRequests
 
@@ -118,10 +120,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["system"])
-    async def healthz(request: Request) -> JSONResponse:
+    async def healthz() -> JSONResponse:
         """Liveness for load balancers and the run command. No token needed."""
-        services: Services = request.app.state.services
-        ok = services.stores.ping()
+        ok = await asyncio.to_thread(services_current().stores.ping)
         return JSONResponse({"status": "ok" if ok else "degraded", "redis": ok},
                             status_code=200 if ok else 503)
 
@@ -145,7 +146,7 @@ def build_ingress(settings: Settings) -> type:
         def __init__(self, settings: Settings, embedder: Any) -> None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             self.services = Services(settings, embedder)
-            app.state.services = self.services
+            install(self.services)
             self.services.start_keeper()
 
     return Ingress

@@ -21,6 +21,21 @@ from lumen.uploads import UploadService
 log = logging.getLogger(__name__)
 
 
+_current: Services | None = None
+
+
+def install(services: Services) -> None:
+    """Make `services` the one this process's routes use."""
+    global _current
+    _current = services
+
+
+def current() -> Services:
+    if _current is None:
+        raise RuntimeError("the ingress has not finished starting")
+    return _current
+
+
 class Services:
     """Built once per ingress replica; every route reaches the system through it."""
 

@@ -9,8 +9,9 @@ Shapes, by size `n` (`approximate_threshold` and `nprobe` come from `IndexSettin
 Vectors are L2-normalised, so inner product is cosine similarity. Upsert is idempotent
 (an id already present is replaced); removal is real (`len` drops). The IVF is retrained
 with a larger `nlist` whenever the index has grown `_RETRAIN_GROWTH` times past the size it
-was trained at (amortised O(1) per vector), and falls back to flat when it shrinks to half
-the threshold.
+was trained at (amortised O(1) per vector; each retrain blocks the caller for about a
+`build`, ~10 s at 1M x 512 on 2 cores), and falls back to flat when it shrinks to half the
+threshold.
 
 Not thread-safe: the owner (one actor per shard) serialises calls. FAISS uses OpenMP with
 its default thread count (all cores, or OMP_NUM_THREADS, which Ray sets from an actor's
@@ -31,8 +32,9 @@ from lumen.config import IndexSettings
 from lumen.vectors import is_normalized, normalize
 
 # nlist = sqrt(n) * _NLIST_PER_SQRT_N, within [1, _MAX_NLIST] and at most n / _MIN_POINTS_PER_LIST
-# so k-means has enough points per centroid. Assignment cost at add time is n * nlist * dim,
-# which is what bounds nlist on a small CPU (see bench/search_index.py).
+# so k-means has enough points per centroid. Adding costs n * nlist * dim, which is what bounds
+# nlist on a small CPU: at 1M x 512, 2 * sqrt(n) lists doubled build time and needed nprobe 64
+# for the recall that sqrt(n) lists reach at nprobe 32 (bench/search_index.py).
 _NLIST_PER_SQRT_N = 1.0
 _MAX_NLIST = 16_384
 _MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per centroid
@@ -72,7 +74,7 @@ class UserIndex:
         self._dim = dim
         self._threshold = approximate_threshold
         self._nprobe = nprobe
-        self._index: faiss.Index = _new_flat(dim)
+        self._index: faiss.IndexIDMap2 | faiss.IndexIVFFlat = _new_flat(dim)
         self._kind = IndexKind.FLAT
         self._trained_at = 0
 
@@ -154,7 +156,9 @@ class UserIndex:
         if len(self) == 0:
             return [[] for _ in range(len(matrix))]
         scores, found = self._index.search(matrix, min(k, len(self)))
-        return [_hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, found)]
+        return [
+            _hits(row_scores, row_ids) for row_scores, row_ids in zip(scores, found, strict=True)
+        ]
 
     def ids(self) -> np.ndarray:
         """Return every id present, as int64 (in no particular order)."""
@@ -202,6 +206,7 @@ class UserIndex:
     def _remove_present(self, ids: np.ndarray) -> int:
         if len(self) == 0:
             return 0
+        selector: faiss.IDSelector
         if isinstance(self._index, faiss.IndexIVF):
             # The hashtable direct map removes an IDSelectorArray in O(len(ids)).
             selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
@@ -231,7 +236,7 @@ class UserIndex:
             self._index.add_with_ids(vectors, ids)
 
 
-def _new_flat(dim: int) -> faiss.Index:
+def _new_flat(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
@@ -242,7 +247,8 @@ def _new_ivf(training: np.ndarray, nlist: int, nprobe: int) -> faiss.IndexIVFFla
     ivf.cp.niter = _KMEANS_ITERATIONS
     ivf.cp.seed = _TRAIN_SEED
     ivf.train(_training_sample(training, nlist))
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # O(1) remove_ids and reconstruct
+    # O(1) remove_ids and reconstruct by id (the stubs lack DirectMap).
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
     ivf.nprobe = nprobe
     return ivf
 
@@ -257,6 +263,8 @@ def _training_sample(vectors: np.ndarray, nlist: int) -> np.ndarray:
 
 def _ivf_contents(ivf: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
     invlists = ivf.invlists
+    if invlists is None:
+        raise RuntimeError("IVF index has no inverted lists")
     id_parts, vector_parts = [], []
     for list_no in range(ivf.nlist):
         if invlists.list_size(list_no) == 0:
@@ -292,4 +300,4 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def _hits(scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
-    return [Hit(int(i), float(s)) for s, i in zip(scores, ids) if i != -1]
+    return [Hit(int(i), float(s)) for s, i in zip(scores, ids, strict=True) if i != -1]

@@ -37,11 +37,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, TYPE_CHECKING
 
-from lumen.config import LimitSettings
 from lumen.errors import InvalidUpload, LimitExceeded
 from lumen.ingest.images import ImageFormat, sniff_format, validate_image_file
+
+if TYPE_CHECKING:
+    from lumen.config import LimitSettings
 
 CHUNK_BYTES = 1024 * 1024
 MAX_NAME_BYTES = 150
@@ -231,7 +233,7 @@ def _refuse_unsafe(info: zipfile.ZipInfo, name: str) -> None:
 
 
 def _store(
-    handle: BinaryIO,
+    handle: IO[bytes],
     name: str,
     dest_dir: Path,
     limits: LimitSettings,
@@ -256,7 +258,7 @@ def _store(
     return ExtractedImage(final, name, digest, fmt)
 
 
-def _copy(handle: BinaryIO, head: bytes, out_path: Path, check: Callable[[int], None]) -> str:
+def _copy(handle: IO[bytes], head: bytes, out_path: Path, check: Callable[[int], None]) -> str:
     digest = hashlib.sha256()
     total = 0
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -135,10 +136,9 @@ def _parse_result(proc: subprocess.CompletedProcess[str]) -> list[RenderedPage]:
 
 def _import_pymupdf() -> Any:
     try:
-        import pymupdf
+        return importlib.import_module("pymupdf")
     except ImportError:  # older releases only ship the `fitz` name
-        import fitz as pymupdf
-    return pymupdf
+        return importlib.import_module("fitz")
 
 
 def render_in_process(
@@ -213,7 +213,8 @@ def _worker_main(job_json: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    # pymupdf imports its optional layout add-on (and onnxruntime) eagerly; plain rendering
+    # pymupdf imports its optional layout add-ons (and onnxruntime) eagerly; plain rendering
     # never uses it, and skipping it saves most of the worker's start-up time.
-    sys.modules.setdefault("pymupdf.layout", None)  # type: ignore[arg-type]
+    for _optional in ("pymupdf.layout", "pymupdf4llm"):
+        sys.modules.setdefault(_optional, None)  # type: ignore[arg-type]
     print(_RESULT_PREFIX + json.dumps(_worker_main(sys.argv[1])), flush=True)

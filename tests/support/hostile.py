@@ -240,9 +240,8 @@ def not_a_pdf() -> bytes:
 
 def encrypted_pdf(password: str = "hunter2") -> bytes:
     doc = pymupdf.open(stream=make_pdf(["secret page"]), filetype="pdf")
-    data: bytes = doc.tobytes(
-        encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw=password, owner_pw=password + "!"
-    )
+    aes_256 = pymupdf.PDF_ENCRYPT_AES_256  # type: ignore[attr-defined]
+    data: bytes = doc.tobytes(encryption=aes_256, user_pw=password, owner_pw=password + "!")
     doc.close()
     return data
 

@@ -41,7 +41,9 @@ def test_generated_three_page_pdf_gives_three_pages_with_text(
     pages = render_pdf(pdf, out_dir, "report", LIMITS)
     assert [p.page_number for p in pages] == [1, 2, 3]
     assert [p.path.name for p in pages] == [f"report_page_00{i}.jpg" for i in (1, 2, 3)]
-    assert ["alpha" in pages[0].text, "beta" in pages[1].text, "gamma" in pages[2].text] == [True] * 3
+    assert ["alpha" in pages[0].text, "beta" in pages[1].text, "gamma" in pages[2].text] == [
+        True
+    ] * 3
     for page in pages:
         assert page.path.parent == out_dir
         assert page.sha256 == hashlib.sha256(page.path.read_bytes()).hexdigest()

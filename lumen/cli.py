@@ -1,0 +1,326 @@
+"""The `lumen` command: sign in, upload, follow the queue, search and ask PDFs from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from lumen.client import (
+    DEFAULT_URL,
+    ApiError,
+    ClientError,
+    LumenClient,
+    Unreachable,
+    pending,
+    settled,
+)
+
+Command = Callable[[LumenClient, argparse.Namespace], int]
+
+
+def token_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "lumen" / "token"
+
+
+def save_token(token: str) -> Path:
+    path = token_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    path.chmod(0o600)
+    return path
+
+
+def load_token(args: argparse.Namespace) -> str | None:
+    token = getattr(args, "token", None) or os.environ.get("LUMEN_TOKEN")
+    if token:
+        return str(token)
+    path = token_path()
+    return path.read_text().strip() if path.is_file() else None
+
+
+def render_bar(done: float, total: float, width: int = 30) -> str:
+    """`[#######.......]  47%`; an empty total reads as complete."""
+    frac = 1.0 if total <= 0 else max(0.0, min(1.0, done / total))
+    filled = round(frac * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class Bar:
+    """A one-line progress bar redrawn in place on a stream (stderr by default)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.drawn = False
+        self.width = 0
+
+    def draw(self, done: float, total: float, note: str = "") -> None:
+        line = f"{render_bar(done, total)} {note}"
+        self.stream.write(f"\r{line.ljust(self.width)}")
+        self.stream.flush()
+        self.drawn, self.width = True, len(line)
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
+
+
+def password_for(args: argparse.Namespace) -> str:
+    return args.password or os.environ.get("LUMEN_PASSWORD") or getpass.getpass("Password: ")
+
+
+def cmd_signup(client: LumenClient, args: argparse.Namespace) -> int:
+    password = password_for(args)
+    print(client.signup(args.username, password))
+    return cmd_login(client, args, password)
+
+
+def cmd_login(client: LumenClient, args: argparse.Namespace, password: str | None = None) -> int:
+    token = client.login(args.username, password or password_for(args))
+    print(f"Logged in as {args.username}; token saved to {save_token(token)}")
+    return 0
+
+
+def cmd_logout(client: LumenClient, args: argparse.Namespace) -> int:
+    token_path().unlink(missing_ok=True)
+    print("Logged out.")
+    return 0
+
+
+def cmd_upload(client: LumenClient, args: argparse.Namespace) -> int:
+    for path in args.paths:
+        print_upload(path, upload_with_bar(client, path))
+    return 0
+
+
+def upload_with_bar(client: LumenClient, path: Path) -> dict[str, Any]:
+    bar = Bar()
+
+    def progress(sent: int, size: int) -> None:
+        bar.draw(sent, size, f"{human_bytes(sent)} / {human_bytes(size)}  {path.name}")
+
+    try:
+        return client.upload(path, progress)
+    finally:
+        bar.finish()
+
+
+def print_upload(path: Path, out: dict[str, Any]) -> None:
+    print(f"{path}: {out.get('message', '')} ({len(out.get('queued', []))} queued)")
+    for member, why in (out.get("duplicates") or {}).items():
+        print(f"  duplicate  {member}: {why}")
+    for member, why in (out.get("skipped") or {}).items():
+        print(f"  skipped    {member}: {why}")
+
+
+def cmd_search(client: LumenClient, args: argparse.Namespace) -> int:
+    if not args.query and not args.image:
+        raise ClientError("give a text query, --image FILE, or both")
+    results = client.search(args.query, args.image, args.k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    rows = [(f"{r['similarity']:.3f}", r["filename"], r.get("caption") or "") for r in results]
+    print_table(("similarity", "filename", "caption"), rows)
+    return 0
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if not rows:
+        print("(nothing)")
+        return
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def status_line(st: dict[str, Any]) -> str:
+    return (
+        f"done {len(st.get('done', []))}  queued {st.get('queue', 0)}  "
+        f"processing {len(st.get('processing', []))}  errors {len(st.get('errors', {}))}"
+    )
+
+
+def status_total(st: dict[str, Any]) -> int:
+    return len(st.get("done", [])) + pending(st) + len(st.get("errors", {}))
+
+
+def follow(client: LumenClient, items: Sequence[str] = ()) -> dict[str, Any]:
+    """Draw the queue's progress until `items` (or everything) settle; the last snapshot."""
+    bar, last = Bar(), {}
+    for last in client.events("/status"):
+        bar.draw(len(last.get("done", [])), status_total(last), status_line(last))
+        if settled(last, items):
+            break
+    bar.finish()
+    return last
+
+
+def print_errors(st: dict[str, Any]) -> None:
+    for item, why in (st.get("errors") or {}).items():
+        print(f"  error  {item}: {why}")
+
+
+def cmd_status(client: LumenClient, args: argparse.Namespace) -> int:
+    st = follow(client) if args.follow else client.snapshot("/status")
+    if not args.follow:
+        print(status_line(st))
+        for item in st.get("processing", []):
+            print(f"  processing  {item} on {st.get('processing_workers', {}).get(item, '?')}")
+    print_errors(st)
+    return 0
+
+
+def cmd_ask(client: LumenClient, args: argparse.Namespace) -> int:
+    if not args.no_upload:
+        out = upload_with_bar(client, args.pdf)
+        print_upload(args.pdf, out)
+        follow(client, out.get("queued", []))
+    answer = client.search_pdf(args.question, args.k)
+    top = answer.get("top_result")
+    if not top:
+        print(answer.get("message") or "No matching page.")
+        return 1
+    where = f"{top.get('doc') or top['filename']}, page {top.get('page') or '?'}"
+    print(f"{where} (similarity {top['similarity']:.3f})\n")
+    print(answer.get("gemini_answer") or f"No answer: {answer.get('gemini_reason')}")
+    return 0
+
+
+def cmd_done(client: LumenClient, args: argparse.Namespace) -> int:
+    print("\n".join(client.done()) or "(nothing done yet)")
+    return 0
+
+
+def cmd_delete(client: LumenClient, args: argparse.Namespace) -> int:
+    print(client.delete(args.item))
+    return 0
+
+
+def cmd_reset(client: LumenClient, args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise ClientError("reset deletes your index, files and queue; pass --yes to confirm")
+    print(client.reset())
+    return 0
+
+
+def cmd_workers(client: LumenClient, args: argparse.Namespace) -> int:
+    workers = client.snapshot("/monitor/worker")
+    rows = []
+    for wid, w in sorted(workers.items()):
+        m = w.get("metrics") or {}
+        age = f"{time.time() - m['ts']:.0f}s ago" if m.get("ts") else ""
+        rows.append((wid, w.get("status", "?"), _pct(m.get("cpu")), _pct(m.get("mem")), age))
+    print_table(("worker", "status", "cpu", "mem", "seen"), rows)
+    return 0
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1f}%" if isinstance(value, int | float) else "-"
+
+
+def cmd_events(client: LumenClient, args: argparse.Namespace) -> int:
+    for ev in client.snapshot("/monitor/events"):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.get("ts", 0)))
+        rest = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("ts", "type"))
+        print(f"{when}  {ev.get('type', '?'):<14} {rest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help=f"default $LUMEN_URL or {DEFAULT_URL}"
+    )
+    common.add_argument(
+        "--token", default=argparse.SUPPRESS, help="default $LUMEN_TOKEN or the saved one"
+    )
+    parser = argparse.ArgumentParser(prog="lumen", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    for name, func, what in (
+        ("signup", cmd_signup, "create an account and log in"),
+        ("login", cmd_login, "log in and save the token"),
+    ):
+        p = add(name, func, what)
+        p.add_argument("username")
+        p.add_argument("--password", help="default $LUMEN_PASSWORD, else prompted")
+    add("logout", cmd_logout, "forget the saved token")
+    add("upload", cmd_upload, "upload .zip/.pdf files or image folders").add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH"
+    )
+    p = add("search", cmd_search, "search your images by text and/or image")
+    p.add_argument("query", nargs="?")
+    p.add_argument("--image", type=Path)
+    p.add_argument("-k", type=int, default=5, help="results (default 5)")
+    p.add_argument("--json", action="store_true")
+    add("status", cmd_status, "show the queue").add_argument(
+        "--follow", action="store_true", help="live progress until the queue is empty"
+    )
+    p = add("ask", cmd_ask, "upload a PDF, wait for it, and ask a question about it")
+    p.add_argument("pdf", type=Path)
+    p.add_argument("question")
+    p.add_argument("--no-upload", action="store_true", help="ask the PDFs already indexed")
+    p.add_argument("-k", type=int, default=1)
+    add("done", cmd_done, "list processed items")
+    add("delete", cmd_delete, "remove a waiting item from the queue").add_argument("item")
+    add("reset", cmd_reset, "delete all your data").add_argument("--yes", action="store_true")
+    add("workers", cmd_workers, "show embedding workers")
+    add("events", cmd_events, "show recent system events")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None, client: LumenClient | None = None) -> int:
+    """Parse `argv` and run it; errors become a message on stderr and an exit status."""
+    args = build_parser().parse_args(argv)
+    url = getattr(args, "url", None) or os.environ.get("LUMEN_URL") or DEFAULT_URL
+    client = client or LumenClient(url)
+    client.token = client.token or load_token(args)
+    try:
+        return int(args.func(client, args))
+    except ApiError as exc:
+        hint = " - run `lumen login USER`" if exc.status == 401 else ""
+        print(f"error: {exc.detail} (HTTP {exc.status}){hint}", file=sys.stderr)
+        return 2 if exc.status < 500 else 1
+    except Unreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ClientError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    finally:
+        client.close()
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
