@@ -68,7 +68,10 @@ def list_embedder_replicas(app_name: str, deployment: str = "Embedder") -> list[
     from ray.util.state import list_actors
 
     class_name = f"ServeReplica:{app_name}:{deployment}"
-    actors = list_actors(filters=[("class_name", "=", class_name)], limit=1000, detail=True)
+    actors = list_actors(
+        filters=[("class_name", "=", class_name)], limit=1000, detail=True,
+        raise_on_missing_output=False,
+    )
     out = []
     for actor in actors:
         name = actor.name or ""
@@ -83,4 +86,5 @@ def list_embedder_replicas(app_name: str, deployment: str = "Embedder") -> list[
 def list_dead_nodes() -> list[str]:
     from ray.util.state import list_nodes
 
-    return [n.node_id for n in list_nodes(filters=[("state", "=", "DEAD")], limit=1000)]
+    nodes = list_nodes(filters=[("state", "=", "DEAD")], limit=1000, raise_on_missing_output=False)
+    return [n.node_id for n in nodes]
