@@ -16,7 +16,7 @@ from typing import Any
 import redis
 import yaml
 
-from lumen.config import Settings
+from lumen.config import RedisSettings, Settings
 
 ROOT = Path(__file__).resolve().parent
 APP_NAME = "lumen"
@@ -131,7 +131,7 @@ def main() -> None:
             print(f"Redis at {url} does not answer; starting a local one with AOF")
         redis_proc, url = start_redis(data_dir)
         print(f"Started redis-server ({url}), AOF in {data_dir / 'redis'}")
-    settings = Settings(data_dir=data_dir, redis={"url": url}).with_local_secret()
+    settings = Settings(data_dir=data_dir, redis=RedisSettings(url=url)).with_local_secret()
 
     started_ray = opts.address is None
     if started_ray:

@@ -39,8 +39,11 @@ class IndexShard:
     def search(self, user: str, query: bytes, k: int) -> list[Hit]:
         return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k)
 
-    def search_pdf(self, user: str, query_vec: bytes, query: str, k: int) -> list[Hit]:
-        return self.registry.search_pdf(user, np.frombuffer(query_vec, dtype="<f4"), query, k)
+    def search_pdf(
+        self, user: str, query_vec: bytes, query: str, k: int, mode: str = "fused"
+    ) -> list[Hit]:
+        vec = np.frombuffer(query_vec, dtype="<f4")
+        return self.registry.search_pdf(user, vec, query, k, mode)
 
     def drop(self, user: str) -> None:
         """Forget the cached index (after a reset in Redis)."""

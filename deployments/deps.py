@@ -44,7 +44,7 @@ CurrentUser = Annotated[str, Depends(get_current_user)]
 StreamUser = Annotated[str, Depends(get_stream_user)]
 
 
-async def get_admin(user: StreamUser, svc: Svc) -> str:
+async def get_admin(user: CurrentUser, svc: Svc) -> str:
     if not svc.auth.is_admin(user):
         raise Forbidden("only operators listed in LUMEN_AUTH__ADMIN_USERS may do this")
     return user

@@ -50,6 +50,8 @@ class LimitSettings(BaseModel):
     pdf_timeout_s: float = 120.0
     max_query_chars: int = 1_000
     max_top_k: int = 100
+    # /status lists at most this many items per state (the spec's fields, nothing added)
+    max_status_items: int = 10_000
     max_search_image_bytes: int = 20 * 1024**2
 
 

@@ -69,7 +69,10 @@ def list_embedder_replicas(app_name: str, deployment: str = "Embedder") -> list[
 
     class_name = f"ServeReplica:{app_name}:{deployment}"
     actors = list_actors(
-        filters=[("class_name", "=", class_name)], limit=1000, detail=True,
+        address=_gcs_address(),
+        filters=[("class_name", "=", class_name)],
+        limit=1000,
+        detail=True,
         raise_on_missing_output=False,
     )
     out = []
@@ -86,5 +89,17 @@ def list_embedder_replicas(app_name: str, deployment: str = "Embedder") -> list[
 def list_dead_nodes() -> list[str]:
     from ray.util.state import list_nodes
 
-    nodes = list_nodes(filters=[("state", "=", "DEAD")], limit=1000, raise_on_missing_output=False)
+    nodes = list_nodes(
+        address=_gcs_address(),
+        filters=[("state", "=", "DEAD")],
+        limit=1000,
+        raise_on_missing_output=False,
+    )
     return [n.node_id for n in nodes]
+
+
+def _gcs_address() -> str | None:
+    """This cluster's address, so other Ray instances on the machine never confuse the API."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None

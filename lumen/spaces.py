@@ -102,7 +102,10 @@ class SpaceRegistry:
         hits = space.images.search(query.reshape(1, -1), k)[0]
         return self._hits(user, [(h.id, h.score) for h in hits])
 
-    def search_pdf(self, user: str, query_vec: np.ndarray, query: str, k: int) -> list[Hit]:
+    def search_pdf(
+        self, user: str, query_vec: np.ndarray, query: str, k: int, mode: str = "fused"
+    ) -> list[Hit]:
+        """Best PDF pages: `fused` (CLIP + page text), or `text` / `image` alone."""
         space = self.load(user)
         if space is None or len(space.pdf_pages) == 0:
             return []
@@ -114,7 +117,10 @@ class SpaceRegistry:
         if space.bm25 is None:
             space.bm25 = BM25Index(self.stores.queue.pdf_texts(user))
         text = {i: r for i, r in space.bm25.relevance(query).items() if i in clip_scores}
-        fused = fuse(clip_scores, text, k=k)
+        if mode == "fused":
+            fused = fuse(clip_scores, text, k=k)
+        else:  # one side alone (evaluation): ties are broken by the other side
+            fused = fuse(clip_scores, text, k=k, text_weight=1.0 if mode == "text" else 0.0)
         return [
             Hit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score) for h in fused
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.fake_gemini import FakeGemini, fake_gemini
 from tests.support.tiny_clip import TinyClip, ensure_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,21 +105,35 @@ class Service:
 ADMIN = "operator"
 
 
-def service_settings(data_dir: Path, redis_url: str, clip: TinyClip) -> dict[str, Any]:
+@pytest.fixture(scope="session")
+def gemini() -> Iterator[FakeGemini]:
+    """A local fake Gemini endpoint the service's real google-genai client talks to."""
+    with fake_gemini() as fake:
+        fake.respond_with("The answer, from the fake Gemini.")
+        yield fake
+
+
+def service_settings(
+    data_dir: Path, redis_url: str, clip: TinyClip, gemini: FakeGemini
+) -> dict[str, Any]:
     model = clip.model_settings().model_dump()
     return {
         "data_dir": str(data_dir),
         "redis": {"url": redis_url, "namespace": f"t{uuid.uuid4().hex[:6]}"},
         "model": model,
-        "queue": {"task_timeout_s": 30.0, "max_retries": 2, "poll_interval_s": 0.02},
+        "queue": {"task_timeout_s": 15.0, "max_retries": 3, "poll_interval_s": 0.02},
         "auth": {"admin_users": [ADMIN]},
+        "gemini": {"api_key": secrets.token_hex(16), "base_url": gemini.base_url, "timeout_s": 2},
         "monitor": {"poll_interval_s": 1.0, "sse_interval_s": 0.25, "heartbeat_interval_s": 1.0},
     }
 
 
 @pytest.fixture(scope="session")
 def service(
-    redis_server: RedisServer, tiny_clip: TinyClip, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer,
+    tiny_clip: TinyClip,
+    gemini: FakeGemini,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Service]:
     import ray
     from ray import serve
@@ -126,7 +142,7 @@ def service(
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     data_dir = tmp_path_factory.mktemp("data")
-    overrides = service_settings(data_dir, redis_server.url, tiny_clip)
+    overrides = service_settings(data_dir, redis_server.url, tiny_clip, gemini)
     config = load_config(ROOT / "configs" / "local.yaml", overrides)
     port = free_port()
     config["http_options"]["port"] = port

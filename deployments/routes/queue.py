@@ -20,7 +20,7 @@ async def status(request: Request, user: StreamUser, svc: Svc) -> StreamingRespo
 
     Auth: bearer header, or `?token=` for browsers' EventSource.
     """
-    cap = svc.settings.limits.max_top_k * 10
+    cap = svc.settings.limits.max_status_items
 
     async def snapshot() -> object:
         st = await asyncio.to_thread(svc.stores.queue.status, user, cap)

@@ -91,15 +91,19 @@ async def search_pdf(
     svc: Svc,
     query: Annotated[str | None, Form()] = None,
     top_k: Annotated[str | None, Form()] = None,
+    mode: Annotated[str, Form(description="fused (default), text or image")] = "fused",
 ) -> dict[str, object]:
     """Find the best page of the caller's PDFs (CLIP + page text) and ask Gemini about it."""
     limits = svc.settings.limits
     k = parse_top_k(top_k, 1, limits.max_top_k)
+    if mode not in ("fused", "text", "image"):
+        raise BadRequest("mode must be one of: fused, text, image")
     text = clean_query(query, limits.max_query_chars)
     if text is None:
         raise BadRequest("`query` is required")
     qvec = await svc.embed_text(text)
-    hits = await svc.shard(user).search_pdf.remote(user, qvec.astype("<f4").tobytes(), text, k)
+    qbytes = qvec.astype("<f4").tobytes()
+    hits = await svc.shard(user).search_pdf.remote(user, qbytes, text, k, mode)
     if not hits:
         return {
             "query": text,
@@ -123,7 +127,7 @@ async def search_pdf(
     ]
     top = hits[0]
     page_path = resolve_item(svc.settings.data_dir, user, top.item)
-    page_text = (await asyncio.to_thread(svc.stores.queue.pdf_texts, user)).get(top.item)
+    page_text = await asyncio.to_thread(svc.stores.queue.pdf_text, user, top.item)
     image_bytes = await asyncio.to_thread(page_path.read_bytes)
     answer = await asyncio.to_thread(svc.answerer.answer, text, image_bytes, "image/jpeg", page_text)
     return {

@@ -188,6 +188,10 @@ class QueueStore:
     def pdf_texts(self, user: str) -> dict[str, str]:
         return _smap(self._r.hgetall(self._k.pdftext(user)))
 
+    def pdf_text(self, user: str, item: str) -> str | None:
+        raw = self._r.hget(self._k.pdftext(user), item)
+        return _s(raw) if raw is not None else None
+
     def backlog(self) -> int:
         """Queued items across all users (for the dispatcher and metrics)."""
         users = self.active_users()
