@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -262,7 +263,7 @@ def process_pids(redis_pid: int | None) -> dict[str, int]:
 
 
 def profile_embedder(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
-    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
+    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
            "--format", "raw", "--nonblocking", "--threads", "--output", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -291,7 +292,7 @@ def summarise_profile(path: Path, rate: int = 50) -> list[list[object]]:
 
 
 def run_service(paths: list[Path], zip_path: Path, cpus: int, batch: int,
-                profile: bool) -> dict[str, object]:
+                profile_s: int) -> dict[str, object]:
     """Upload the ZIP to a fresh app whose one Embedder replica has `cpus` CPUs."""
 
     def tweak(config: dict[str, object]) -> None:
@@ -327,9 +328,8 @@ def run_service(paths: list[Path], zip_path: Path, cpus: int, batch: int,
         sampler.start()
         prof_out = CACHE / f"ingest-profile-{cpus}cpu.txt"
         prof = None
-        if profile:
-            # ~ the bare time for this many images, so the sample covers the steady state
-            prof = profile_embedder(emb_pid, max(5, int(len(paths) / 10 / cpus)), prof_out)
+        if profile_s:
+            prof = profile_embedder(emb_pid, profile_s, prof_out)
         t_end = svc.wait_settled(user, len(paths))
         process_cpu = sampler.stop()
         if prof is not None:
@@ -393,7 +393,9 @@ def main() -> None:
     refs_by_threads: dict[int, dict[str, object]] = {}
     for cpus in args.embedder_cpus:
         before = bare_refs(paths, cpus, args.batch)
-        svc = run_service(paths, zip_path, cpus, args.batch, args.profile)
+        # py-spy for ~0.8x the bare time: the steady state, not the tail
+        profile_s = max(3, int(0.8 * before["bare_s"])) if args.profile else 0
+        svc = run_service(paths, zip_path, cpus, args.batch, profile_s)
         after = bare_refs(paths, cpus, args.batch)  # bracket the service run: the box is shared
         n = len(paths)
         bare_s = (before["bare_s"] + after["bare_s"]) / 2

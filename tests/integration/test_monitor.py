@@ -1,0 +1,120 @@
+"""Worker monitor and system events over SSE, and a chaos run that must lose nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import ray
+
+from actors.dispatcher import get_dispatcher
+from actors.index_shard import get_index_shard
+from actors.naming import shard_for
+from lumen.storage import Stores
+from tests.conftest import ADMIN, Service
+from tests.integration.helpers import sse_events, status_snapshot, upload_zip
+from tests.integration.test_reliability import _kill_one_embedder_replica, _noisy_jpegs
+from tests.support.hostile import make_zip
+
+
+def _admin_headers(service: Service) -> dict[str, str]:
+    with service.client() as c:
+        c.post("/signup", json={"username": ADMIN, "password": "operator password"})
+        r = c.post("/login", data={"username": ADMIN, "password": "operator password"})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def test_worker_stream_shows_each_embedder_replica_with_metrics(service: Service) -> None:
+    _, h = service.new_user()
+    deadline = time.time() + 60
+    for view in sse_events(service, "/monitor/worker", h):
+        healthy = {w: v for w, v in view.items() if v["status"] == "health"}
+        if healthy:
+            worker, entry = next(iter(healthy.items()))
+            assert worker.startswith("embedder-")
+            assert set(entry["metrics"]) >= {"cpu", "mem", "ts"}
+            assert abs(entry["metrics"]["ts"] - time.time()) < 30
+            return
+        assert time.time() < deadline, view
+    raise AssertionError("stream ended")
+
+
+def test_events_stream_newest_first_and_only_operators_may_reset(service: Service) -> None:
+    _, h = service.new_user()
+    stores = Stores(service.settings)
+    stores.events.record("task_timeout", user="someone", item="uploads/someone/a.jpg")
+    stores.events.record("item_failed", user="someone", item="uploads/someone/b.jpg")
+    events = next(iter(sse_events(service, "/monitor/events", h)))
+    assert isinstance(events, list) and events[0]["type"] == "item_failed"
+    assert events[1]["type"] == "task_timeout" and "ts" in events[1]
+    with service.client() as c:
+        r = c.post("/monitor/events/reset", headers=h)
+        assert r.status_code == 403
+        assert stores.events.list()  # nothing was lost by the refused reset
+        token = h["Authorization"].split()[1]
+        assert c.post(f"/monitor/events/reset?token={token}").status_code == 401
+        r = c.post("/monitor/events/reset", headers=_admin_headers(service))
+        assert r.status_code == 200
+        assert r.json() == {"message": "Monitor events reset successfully."}
+    assert stores.events.list() == []
+
+
+def _watch_workers(service: Service, h: dict[str, str], stop: threading.Event,
+                   seen: list[dict[str, Any]]) -> None:
+    try:
+        for view in sse_events(service, "/monitor/worker", h, timeout_s=900):
+            seen.append(view)
+            if stop.is_set():
+                return
+    except httpx.HTTPError:
+        pass
+
+
+def test_chaos_ingest_loses_nothing_and_indexes_each_item_once(service: Service) -> None:
+    """SIGKILL replicas repeatedly, kill the dispatcher and a shard, restart Redis (AOF)."""
+    user, h = service.new_user("chaos")
+    n = 1000
+    body = upload_zip(service, h, make_zip(_noisy_jpegs(n, side=128, seed=11))).json()
+    assert len(body["queued"]) == n
+    settings = service.settings
+    stores = Stores(settings)
+    views: list[dict[str, Any]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_workers, args=(service, h, stop, views), daemon=True)
+    watcher.start()
+    shard = get_index_shard(settings, shard_for(user, settings.queue.index_shards))
+    plan = ["replica", "dispatcher", "replica", "shard", "redis", "replica"]
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        st = stores.queue.status(user, n)
+        if plan and len(st.done) >= (7 - len(plan)) * 80:
+            action = plan.pop(0)
+            if action == "replica":
+                _kill_one_embedder_replica()
+            elif action == "dispatcher":
+                ray.kill(get_dispatcher(settings), no_restart=False)
+            elif action == "shard":
+                ray.kill(shard, no_restart=False)
+            else:
+                service.redis.restart()
+        if not plan and st.queue == 0 and not st.processing and len(st.done) + len(st.errors) >= n:
+            break
+        time.sleep(0.5)
+    time.sleep(3 * settings.monitor.poll_interval_s)
+    stop.set()
+    final = status_snapshot(service, h)
+    assert plan == [] and final["errors"] == {}
+    assert sorted(final["done"]) == sorted(body["queued"])
+    ids = ray.get(shard.ids.remote(user))
+    assert stores.vectors.count(user) == n and len(ids) == n and len(set(ids)) == n
+    events = stores.events.list()
+    dead = [e for e in events if e["type"] == "worker_dead"]
+    assert dead and all(set(e["requeued"]) <= set(body["queued"]) for e in dead)
+    assert any(e["requeued"] for e in dead)
+    statuses = {(w, v["status"]) for view in views for w, v in view.items()}
+    dead_workers = {w for w, s in statuses if s == "dead"}
+    assert dead_workers, "the killed replica was never reported dead"
+    assert any(s == "health" and w not in dead_workers for w, s in statuses)
