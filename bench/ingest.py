@@ -291,6 +291,22 @@ def summarise_profile(path: Path, rate: int = 50) -> list[list[object]]:
     return [[b, f"{counts[b] / rate:.1f}", f"{100 * counts[b] / total:.0f}%"] for b, _ in _BUCKETS]
 
 
+def top_functions(path: Path, rate: int = 50, top: int = 8) -> list[list[object]]:
+    """The functions (inclusive, project and Ray frames) most often on py-spy's stacks."""
+    counts: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0].strip()
+            where = frame.split(" (")[-1]
+            if ("actors/" in where or "lumen/" in where or "ray/serve" in where
+                    or "redis/" in where) and name not in seen:
+                seen.add(name)
+                counts[f"{name} ({where.split('/')[-1].rstrip(')')})"] += int(n)
+    return [[f, f"{c / rate:.1f}"] for f, c in counts.most_common(top)]
+
+
 def run_service(paths: list[Path], zip_path: Path, cpus: int, batch: int,
                 profile_s: int) -> dict[str, object]:
     """Upload the ZIP to a fresh app whose one Embedder replica has `cpus` CPUs."""
@@ -328,12 +344,16 @@ def run_service(paths: list[Path], zip_path: Path, cpus: int, batch: int,
         sampler.start()
         prof_out = CACHE / f"ingest-profile-{cpus}cpu.txt"
         prof = None
+        disp_out = CACHE / f"ingest-profile-dispatcher-{cpus}cpu.txt"
+        disp = None
         if profile_s:
             prof = profile_embedder(emb_pid, profile_s, prof_out)
+            disp = profile_embedder(pids["Dispatcher"], profile_s, disp_out)
         t_end = svc.wait_settled(user, len(paths))
         process_cpu = sampler.stop()
-        if prof is not None:
-            prof.wait(timeout=600)
+        for p in (prof, disp):
+            if p is not None:
+                p.wait(timeout=600)
         done = svc.done_times(user)
         times = sorted(done.values())
         resp = up_box["resp"]
@@ -353,6 +373,8 @@ def run_service(paths: list[Path], zip_path: Path, cpus: int, batch: int,
         }
         if prof is not None and prof_out.exists():
             result["profile"] = summarise_profile(prof_out)
+        if disp is not None and disp_out.exists():
+            result["dispatcher_profile"] = top_functions(disp_out)
         return result
 
 
@@ -389,7 +411,7 @@ def main() -> None:
     print(f"# {len(paths)} images {dict(kinds)}, ZIP {zip_path.stat().st_size / 1e6:.0f} MB",
           flush=True)
 
-    rows, cpu_rows, prof_rows = [], [], []
+    rows, cpu_rows, prof_rows, disp_rows = [], [], [], []
     refs_by_threads: dict[int, dict[str, object]] = {}
     for cpus in args.embedder_cpus:
         before = bare_refs(paths, cpus, args.batch)
@@ -418,6 +440,8 @@ def main() -> None:
                          f"{svc['process_s']:.1f}"])
         for r in svc.get("profile", []):  # type: ignore[attr-defined]
             prof_rows.append([cpus, *r])
+        for r in svc.get("dispatcher_profile", []):  # type: ignore[attr-defined]
+            disp_rows.append([cpus, *r])
         print(f"# embedder_cpus={cpus}: {svc}", flush=True)
 
     table(
@@ -445,6 +469,9 @@ def main() -> None:
     if prof_rows:
         table("py-spy of the Embedder replica during processing (core-seconds, all threads)",
               ["embedder cpus", "where", "core_s", "share"], prof_rows)
+    if disp_rows:
+        table("py-spy of the Dispatcher during processing (core-seconds on stack, inclusive)",
+              ["embedder cpus", "function", "core_s"], disp_rows)
 
 
 if __name__ == "__main__":

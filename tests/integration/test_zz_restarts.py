@@ -1,0 +1,70 @@
+"""Restarts lose nothing: Redis (AOF), the Serve app, the whole Ray instance. Runs last."""
+
+from __future__ import annotations
+
+import io
+
+import ray
+from ray import serve
+
+from deploy import deploy, start_ray
+from tests.conftest import Service, _wait_healthy
+from tests.integration.helpers import search, upload_zip, wait_settled
+from tests.support.hostile import make_zip
+from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
+
+PASSWORD = "correct horse"
+
+
+def _png(color: str, shape: str) -> bytes:
+    buf = io.BytesIO()
+    draw_shape(color, shape, size=160, seed=3).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _login(service: Service, user: str) -> dict[str, str]:
+    with service.client() as c:
+        r = c.post("/login", data={"username": user, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _results(service: Service, h: dict[str, str]) -> list[object]:
+    out = []
+    for query in ("a red circle", "a blue square", "a yellow triangle"):
+        r = search(service, h, query=query, top_k=12)
+        assert r.status_code == 200, r.text
+        out.append([(x["filename"], round(x["similarity"], 5)) for x in r.json()["results"]])
+    r = search(service, h, image=_png("green", "circle"), top_k=3)
+    out.append([(x["filename"], round(x["similarity"], 5)) for x in r.json()["results"]])
+    return out
+
+
+def test_users_items_and_search_results_survive_every_restart(service: Service) -> None:
+    user, h = service.new_user("durable")
+    members = {f"{c}_{s}.png": _png(c, s) for c in COLORS for s in SHAPES}
+    upload_zip(service, h, make_zip(members))
+    wait_settled(service, h, len(members))
+    before = _results(service, h)
+    with service.client() as c:
+        done_before = c.get("/done", headers=h).json()
+
+    service.redis.restart()  # Redis with AOF
+    h = _login(service, user)
+    assert _results(service, h) == before
+
+    serve.delete(service.config["applications"][0]["name"])  # the Serve app
+    deploy(service.config)
+    _wait_healthy(service)
+    h = _login(service, user)
+    assert _results(service, h) == before
+
+    serve.shutdown()  # the whole Ray instance
+    ray.shutdown()
+    start_ray(num_cpus=4)
+    deploy(service.config)
+    _wait_healthy(service)
+    h = _login(service, user)  # tokens and users survive too
+    assert _results(service, h) == before
+    with service.client() as c:
+        assert c.get("/done", headers=h).json() == done_before
