@@ -115,8 +115,11 @@ def start_ray(num_cpus: int | None = None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run Lumen locally (Ray + Redis + Serve).")
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="connect to an existing Ray cluster instead of starting one")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="connect to an existing Ray cluster instead of starting one",
+    )
     opts = parser.parse_args()
 
     settings = Settings()

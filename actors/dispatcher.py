@@ -10,6 +10,7 @@ import ray
 from ray import serve
 from ray.exceptions import RayActorError
 
+from actors import metrics
 from actors.index_shard import get_index_shard
 from actors.naming import NAMESPACE, dispatcher_name, shard_for
 from lumen.config import Settings
@@ -75,6 +76,9 @@ class Dispatcher:
     def _claim(self, free: int) -> list[tuple[str, list[str]]]:
         q = self.settings.queue
         users = self.stores.queue.active_users()
+        depth = self.stores.queue.depth()
+        for state, n in depth.items():
+            metrics.queue_depth().set(n, tags={"state": state})
         out = []
         for user, n in self.rr.plan(users, free, q.dispatch_batch_size):
             items = self.stores.queue.claim(user, n, _CLAIMER, q.task_timeout_s)
@@ -86,10 +90,12 @@ class Dispatcher:
         for r in self.stores.queue.requeue_expired(self.settings.queue.max_retries):
             if r.state == "gone":
                 continue
+            metrics.items_failed().inc(tags={"kind": "timeout"})
             self.stores.events.record("task_timeout", user=r.user, item=r.item, state=r.state)
             if r.state == "error":
-                self.stores.events.record("item_failed", user=r.user, item=r.item,
-                                          reason="task timed out")
+                self.stores.events.record(
+                    "item_failed", user=r.user, item=r.item, reason="task timed out"
+                )
 
     async def _process(self, user: str, items: list[str]) -> None:
         try:
@@ -131,6 +137,8 @@ class Dispatcher:
             )
             return
         self.processed += len(committed)
+        if committed:
+            metrics.items_done().inc(len(committed))
 
     async def _model_info(self) -> dict[str, object]:
         if not hasattr(self, "_info"):
@@ -143,6 +151,10 @@ class Dispatcher:
         transient = [(user, item, reason) for item, reason, permanent in failed if not permanent]
         permanent = [(user, item, reason) for item, reason, permanent in failed if permanent]
         states = q.fail(transient, self.settings.queue.max_retries) + q.fail(permanent, -1)
+        if transient:
+            metrics.items_failed().inc(len(transient), tags={"kind": "transient"})
+        if permanent:
+            metrics.items_failed().inc(len(permanent), tags={"kind": "permanent"})
         for (u, item, reason), state in zip(transient + permanent, states, strict=True):
             if state == "error":
                 self.stores.events.record("item_failed", user=u, item=item, reason=reason)
@@ -156,9 +168,12 @@ class Dispatcher:
             [(user, i, "worker died") for i in items], self.settings.queue.max_retries
         )
         requeued = {i for i, s in zip(items, states, strict=True) if s == "queued"}
+        metrics.items_failed().inc(len(items), tags={"kind": "worker_dead"})
         for worker, its in by_worker.items():
             self.stores.events.record(
-                "worker_dead", worker=worker, user=user,
+                "worker_dead",
+                worker=worker,
+                user=user,
                 requeued=[i for i in its if i in requeued],
             )
 
@@ -169,5 +184,5 @@ def get_dispatcher(settings: Settings) -> ray.actor.ActorHandle:
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
+        resources=settings.actor_resources,
     ).remote(settings)
-

@@ -64,4 +64,5 @@ def get_index_shard(settings: Settings, shard: int) -> ray.actor.ActorHandle:
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
+        resources=settings.actor_resources,
     ).remote(settings)

@@ -71,4 +71,5 @@ def get_monitor(settings: Settings) -> ray.actor.ActorHandle:
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
+        resources=settings.actor_resources,
     ).remote(settings)

@@ -65,8 +65,11 @@ def machine() -> dict[str, str]:
 
 def print_machine() -> None:
     m = machine()
-    print(f"# machine: {m['nproc']} cpus, {m['cpu']}, {m['ram']} RAM, python {m['python']};"
-          f" {m['versions']}; loadavg {m['load']}", flush=True)
+    print(
+        f"# machine: {m['nproc']} cpus, {m['cpu']}, {m['ram']} RAM, python {m['python']};"
+        f" {m['versions']}; loadavg {m['load']}",
+        flush=True,
+    )
 
 
 # --------------------------------------------------------------------------- tables
@@ -75,8 +78,9 @@ def print_machine() -> None:
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Print a Markdown table (pasteable into docs/benchmarks.md)."""
     cells = [[_cell(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)
+    ]
     print(f"\n### {title}\n")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -155,8 +159,9 @@ class Service:
         done, errors = pipe.execute()
         return int(done), int(errors)
 
-    def wait_settled(self, user: str, n: int, timeout_s: float = 1800.0,
-                     poll_s: float = 0.05) -> float:
+    def wait_settled(
+        self, user: str, n: int, timeout_s: float = 1800.0, poll_s: float = 0.05
+    ) -> float:
         """Block until `n` of the user's items are done or failed; returns the time."""
         deadline = time.time() + timeout_s
         while time.time() < deadline:
@@ -193,8 +198,12 @@ def actor_pids() -> list[tuple[str, int]]:
 
     # An explicit address: other Ray instances on the box make the default lookup ambiguous.
     address = ray.get_runtime_context().gcs_address
-    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000,
-                         raise_on_missing_output=False)
+    actors = list_actors(
+        address=address,
+        filters=[("state", "=", "ALIVE")],
+        limit=1000,
+        raise_on_missing_output=False,
+    )
     return [(a.class_name or "?", int(a.pid)) for a in actors if a.pid]
 
 
@@ -204,8 +213,10 @@ def _threads_inside(self: object) -> str:
     import faiss as _faiss
     import torch as _torch
 
-    return (f"OMP_NUM_THREADS={_os.environ.get('OMP_NUM_THREADS')}, torch"
-            f" {_torch.get_num_threads()}, faiss {_faiss.omp_get_max_threads()}")
+    return (
+        f"OMP_NUM_THREADS={_os.environ.get('OMP_NUM_THREADS')}, torch"
+        f" {_torch.get_num_threads()}, faiss {_faiss.omp_get_max_threads()}"
+    )
 
 
 def threads_of(class_name: str) -> str:
@@ -214,8 +225,12 @@ def threads_of(class_name: str) -> str:
     from ray.util.state import list_actors
 
     address = ray.get_runtime_context().gcs_address
-    for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000,
-                         raise_on_missing_output=False):
+    for a in list_actors(
+        address=address,
+        filters=[("state", "=", "ALIVE")],
+        limit=1000,
+        raise_on_missing_output=False,
+    ):
         if class_name in (a.class_name or "") and a.name:
             actor = ray.get_actor(a.name, namespace=a.ray_namespace)
             return str(ray.get(actor.__ray_call__.remote(_threads_inside), timeout=60))
@@ -320,8 +335,9 @@ def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
 # --------------------------------------------------------------------------- vectors
 
 
-def bulk_load(svc: Service, user: str, model_id: str, vectors: np.ndarray,
-              chunk: int = 20_000) -> float:
+def bulk_load(
+    svc: Service, user: str, model_id: str, vectors: np.ndarray, chunk: int = 20_000
+) -> float:
     """Write `vectors` into `user`'s store (ids 1..n, items `vec/<i>`); returns seconds."""
     from lumen.storage import Stores
     from lumen.vectors import encode_vectors

@@ -55,8 +55,9 @@ def main() -> None:
     parser.add_argument("--heavy", type=int, default=10_000)
     parser.add_argument("--light", type=int, default=20)
     parser.add_argument("--per-light", type=int, default=10)
-    parser.add_argument("--head-start", type=int, default=500,
-                        help="heavy items done before the light users arrive")
+    parser.add_argument(
+        "--head-start", type=int, default=500, help="heavy items done before the light users arrive"
+    )
     args = parser.parse_args()
     print_machine()
     from tests.support.tiny_clip import ensure_tiny_clip
@@ -83,8 +84,10 @@ def main() -> None:
             svc.upload_zip(headers, zip_path)
             answered[user] = (start, time.time())
 
-        threads = [threading.Thread(target=upload, args=(u, h, z))
-                   for (u, h), z in zip(lights, light_zips, strict=True)]
+        threads = [
+            threading.Thread(target=upload, args=(u, h, z))
+            for (u, h), z in zip(lights, light_zips, strict=True)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -107,19 +110,40 @@ def main() -> None:
     window = t_light_done - t_arrive
     light_total = args.light * args.per_light
     p95 = pct(ttd, 95)
-    print(f"# heavy upload {t_heavy_queued - t0:.1f} s for {queued} items; all heavy done"
-          f" {t_heavy_done - t_heavy_queued:.1f} s after queueing", flush=True)
+    print(
+        f"# heavy upload {t_heavy_queued - t0:.1f} s for {queued} items; all heavy done"
+        f" {t_heavy_done - t_heavy_queued:.1f} s after queueing",
+        flush=True,
+    )
     table(
         f"Fairness: 1 heavy user ({queued:,} queued) + {args.light} light users"
         f" ({args.per_light} each), tiny CLIP, 64x64 JPEGs",
-        ["heavy rate img/s", "light p50 s", "light p95 s", "light max s",
-         "p95 from request s", "one upload at heavy rate s", "all light at heavy rate s",
-         "p95 / all-light bound", "heavy backlog at arrival s (FIFO wait)",
-         "heavy img/s while light active"],
-        [[f"{heavy_rate:.0f}", f"{pct(ttd, 50):.2f}", f"{p95:.2f}", f"{max(ttd):.2f}",
-          f"{pct(ttd_from_request, 95):.2f}", f"{args.per_light / heavy_rate:.2f}",
-          f"{light_total / heavy_rate:.2f}", f"{p95 / (light_total / heavy_rate):.2f}",
-          f"{(queued - heavy_before) / heavy_rate:.0f}", f"{heavy_during / window:.0f}"]],
+        [
+            "heavy rate img/s",
+            "light p50 s",
+            "light p95 s",
+            "light max s",
+            "p95 from request s",
+            "one upload at heavy rate s",
+            "all light at heavy rate s",
+            "p95 / all-light bound",
+            "heavy backlog at arrival s (FIFO wait)",
+            "heavy img/s while light active",
+        ],
+        [
+            [
+                f"{heavy_rate:.0f}",
+                f"{pct(ttd, 50):.2f}",
+                f"{p95:.2f}",
+                f"{max(ttd):.2f}",
+                f"{pct(ttd_from_request, 95):.2f}",
+                f"{args.per_light / heavy_rate:.2f}",
+                f"{light_total / heavy_rate:.2f}",
+                f"{p95 / (light_total / heavy_rate):.2f}",
+                f"{(queued - heavy_before) / heavy_rate:.0f}",
+                f"{heavy_during / window:.0f}",
+            ]
+        ],
     )
 
 

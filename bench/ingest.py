@@ -33,7 +33,6 @@ import numpy as np
 from common import (
     CACHE,
     VIT_B_32,
-    Service,
     pct,
     print_machine,
     running_service,
@@ -198,8 +197,11 @@ def decode_whatifs(paths: list[Path], per_format: int = 4) -> list[list[object]]
     rows = []
     for suffix, files in sorted(picked.items()):
         blobs = [f.read_bytes() for f in files]
-        cells: list[object] = [suffix[1:], f"{Image.open(files[0]).size}",
-                               f"{np.mean([len(b) for b in blobs]) / 1e6:.1f}"]
+        cells: list[object] = [
+            suffix[1:],
+            f"{Image.open(files[0]).size}",
+            f"{np.mean([len(b) for b in blobs]) / 1e6:.1f}",
+        ]
         for draft in (2 * side, side, None):
             times = []
             for blob in blobs:
@@ -250,8 +252,15 @@ def process_pids(redis_pid: int | None) -> dict[str, int]:
     from common import actor_pids
 
     pids: dict[str, int] = {}
-    wanted = {"Ingress", "Embedder", "Dispatcher", "IndexShard", "ProxyActor", "ServeController",
-              "Monitor"}
+    wanted = {
+        "Ingress",
+        "Embedder",
+        "Dispatcher",
+        "IndexShard",
+        "ProxyActor",
+        "ServeController",
+        "Monitor",
+    }
     for name, pid in actor_pids():
         short = name.split(":")[-1]
         if short in wanted:
@@ -263,8 +272,22 @@ def process_pids(redis_pid: int | None) -> dict[str, int]:
 
 
 def profile_embedder(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes]:
-    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "50",
-           "--format", "raw", "--nonblocking", "--threads", "--output", str(out)]
+    cmd = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(seconds),
+        "--rate",
+        "50",
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--threads",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -300,23 +323,28 @@ def top_functions(path: Path, rate: int = 50, top: int = 8) -> list[list[object]
         for frame in stack.split(";"):
             name = frame.split(" (")[0].strip()
             where = frame.split(" (")[-1]
-            if ("actors/" in where or "lumen/" in where or "ray/serve" in where
-                    or "redis/" in where) and name not in seen:
+            if (
+                "actors/" in where or "lumen/" in where or "ray/serve" in where or "redis/" in where
+            ) and name not in seen:
                 seen.add(name)
                 counts[f"{name} ({where.split('/')[-1].rstrip(')')})"] += int(n)
     return [[f, f"{c / rate:.1f}"] for f, c in counts.most_common(top)]
 
 
-def run_service(paths: list[Path], zip_path: Path, cpus: int, batch: int,
-                profile_s: int) -> dict[str, object]:
+def run_service(
+    paths: list[Path], zip_path: Path, cpus: int, batch: int, profile_s: int
+) -> dict[str, object]:
     """Upload the ZIP to a fresh app whose one Embedder replica has `cpus` CPUs."""
 
     def tweak(config: dict[str, object]) -> None:
-        set_deployment(config, "Embedder",
-                       ray_actor_options={"num_cpus": cpus},
-                       autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-                       user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.02},
-                       max_ongoing_requests=max(64, 2 * batch))
+        set_deployment(
+            config,
+            "Embedder",
+            ray_actor_options={"num_cpus": cpus},
+            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
+            user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.02},
+            max_ongoing_requests=max(64, 2 * batch),
+        )
 
     with running_service({"model": VIT_B_32.model_dump()}, tweak) as svc:
         user, headers = svc.new_user("ingest")
@@ -400,16 +428,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32, help="max_batch_size (configs/local.yaml)")
-    parser.add_argument("--embedder-cpus", type=int, nargs="+", default=[1, 2],
-                        help="Embedder num_cpus per service run (= its torch threads)")
+    parser.add_argument(
+        "--embedder-cpus",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="Embedder num_cpus per service run (= its torch threads)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the Embedder replica")
     args = parser.parse_args()
     print_machine()
     paths = photo_set(args.images)
     zip_path = photo_zip(paths)
     kinds = Counter(p.suffix[1:] for p in paths)
-    print(f"# {len(paths)} images {dict(kinds)}, ZIP {zip_path.stat().st_size / 1e6:.0f} MB",
-          flush=True)
+    print(
+        f"# {len(paths)} images {dict(kinds)}, ZIP {zip_path.stat().st_size / 1e6:.0f} MB",
+        flush=True,
+    )
 
     rows, cpu_rows, prof_rows, disp_rows = [], [], [], []
     refs_by_threads: dict[int, dict[str, object]] = {}
@@ -424,20 +459,35 @@ def main() -> None:
         fwd_s = (before["forward_s"] + after["forward_s"]) / 2
         e2e, bare, fwd = n / svc["e2e_s"], n / bare_s, n / fwd_s
         refs_by_threads[cpus] = before
-        rows.append([
-            f"{cpus} ({svc['omp']})", n, f"{svc['upload_s']:.1f}", f"{svc['process_s']:.1f}",
-            f"{e2e:.2f}", f"{n / svc['process_s']:.2f}", f"{svc['steady_img_s']:.2f}",
-            f"{bare:.2f} ({n / before['bare_s']:.2f}/{n / after['bare_s']:.2f})",
-            f"{fwd:.2f}", f"{e2e / bare:.2f}", f"{bare / fwd:.2f}",
-            verdict(e2e / bare >= E2E_TARGET),
-        ])
+        rows.append(
+            [
+                f"{cpus} ({svc['omp']})",
+                n,
+                f"{svc['upload_s']:.1f}",
+                f"{svc['process_s']:.1f}",
+                f"{e2e:.2f}",
+                f"{n / svc['process_s']:.2f}",
+                f"{svc['steady_img_s']:.2f}",
+                f"{bare:.2f} ({n / before['bare_s']:.2f}/{n / after['bare_s']:.2f})",
+                f"{fwd:.2f}",
+                f"{e2e / bare:.2f}",
+                f"{bare / fwd:.2f}",
+                verdict(e2e / bare >= E2E_TARGET),
+            ]
+        )
         for name in svc["process_cpu"]:  # type: ignore[union-attr]
             up = svc["upload_cpu"][name]  # type: ignore[index]
             pr = svc["process_cpu"][name]  # type: ignore[index]
             if up > 0.05 or pr > 0.05:
                 cpu_rows.append([cpus, name, f"{up:.1f}", f"{pr:.1f}"])
-        cpu_rows.append([cpus, "(wall: upload / processing)", f"{svc['upload_s']:.1f}",
-                         f"{svc['process_s']:.1f}"])
+        cpu_rows.append(
+            [
+                cpus,
+                "(wall: upload / processing)",
+                f"{svc['upload_s']:.1f}",
+                f"{svc['process_s']:.1f}",
+            ]
+        )
         for r in svc.get("profile", []):  # type: ignore[attr-defined]
             prof_rows.append([cpus, *r])
         for r in svc.get("dispatcher_profile", []):  # type: ignore[attr-defined]
@@ -446,32 +496,57 @@ def main() -> None:
 
     table(
         "Ingest: e2e (HTTP upload until all done) vs bare pipeline vs pure forward, images/s",
-        ["embedder cpus = torch threads", "images", "upload_s", "process_s", "e2e img/s",
-         "process-only img/s", "steady img/s", "bare img/s (before/after)", "forward img/s",
-         "e2e/bare", "bare/forward", f"e2e/bare >= {E2E_TARGET}"],
+        [
+            "embedder cpus = torch threads",
+            "images",
+            "upload_s",
+            "process_s",
+            "e2e img/s",
+            "process-only img/s",
+            "steady img/s",
+            "bare img/s (before/after)",
+            "forward img/s",
+            "e2e/bare",
+            "bare/forward",
+            f"e2e/bare >= {E2E_TARGET}",
+        ],
         rows,
     )
     ref = next(iter(refs_by_threads.values()))
     table(
         f"Bare pipeline split ({ref['threads']} thread(s)): decode+preprocess vs forward",
         ["decode_s", "forward_s", "decode share", "decode ms/img by format"],
-        [[f"{ref['decode_s']:.1f}", f"{ref['forward_in_bare_s']:.1f}",
-          f"{ref['decode_s'] / ref['bare_s']:.0%}",
-          ", ".join(f"{k} {v:.0f}" for k, v in ref["decode_ms"].items())]],  # type: ignore[union-attr]
+        [
+            [
+                f"{ref['decode_s']:.1f}",
+                f"{ref['forward_in_bare_s']:.1f}",
+                f"{ref['decode_s'] / ref['bare_s']:.0%}",
+                ", ".join(f"{k} {v:.0f}" for k, v in ref["decode_ms"].items()),
+            ]
+        ],  # type: ignore[union-attr]
     )
     table(
         "Decode + preprocess ms/image (decoded size) by draft size: worker's, model's, none",
         ["format", "stored size", "MB", "draft 2x model (worker)", "draft = model", "no draft"],
         decode_whatifs(paths),
     )
-    table("CPU seconds per process (upload phase / processing phase)",
-          ["embedder cpus", "process", "upload cpu_s", "processing cpu_s"], cpu_rows)
+    table(
+        "CPU seconds per process (upload phase / processing phase)",
+        ["embedder cpus", "process", "upload cpu_s", "processing cpu_s"],
+        cpu_rows,
+    )
     if prof_rows:
-        table("py-spy of the Embedder replica during processing (core-seconds, all threads)",
-              ["embedder cpus", "where", "core_s", "share"], prof_rows)
+        table(
+            "py-spy of the Embedder replica during processing (core-seconds, all threads)",
+            ["embedder cpus", "where", "core_s", "share"],
+            prof_rows,
+        )
     if disp_rows:
-        table("py-spy of the Dispatcher during processing (core-seconds on stack, inclusive)",
-              ["embedder cpus", "function", "core_s"], disp_rows)
+        table(
+            "py-spy of the Dispatcher during processing (core-seconds on stack, inclusive)",
+            ["embedder cpus", "function", "core_s"],
+            disp_rows,
+        )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,13 @@ def _timed_rebuild(self, user: str):  # type: ignore[no-untyped-def]
     all_ids, all_vecs = _np.concatenate(ids), _np.concatenate(vecs)
     t1 = _time.perf_counter()
     ix = self.registry.settings.index
-    index = _UserIndex.build(info.dim, all_ids, all_vecs,
-                             approximate_threshold=ix.approximate_threshold, nprobe=ix.ivf_nprobe)
+    index = _UserIndex.build(
+        info.dim,
+        all_ids,
+        all_vecs,
+        approximate_threshold=ix.approximate_threshold,
+        nprobe=ix.ivf_nprobe,
+    )
     t2 = _time.perf_counter()
     vectors.items_for(user, all_ids.tolist())
     t3 = _time.perf_counter()
@@ -73,8 +78,12 @@ def _timed_rebuild(self, user: str):  # type: ignore[no-untyped-def]
     t5 = _time.perf_counter()
     stored = len(_faiss.serialize_index(space.images._index))
     return {
-        "scan_decode_s": t1 - t0, "build_s": t2 - t1, "items_for_s": t3 - t2,
-        "load_s": t5 - t4, "index_bytes": stored, "kind": str(space.images.kind),
+        "scan_decode_s": t1 - t0,
+        "build_s": t2 - t1,
+        "items_for_s": t3 - t2,
+        "load_s": t5 - t4,
+        "index_bytes": stored,
+        "kind": str(space.images.kind),
         "omp": _faiss.omp_get_max_threads(),
     }
 
@@ -107,15 +116,28 @@ def bench_size(svc: Service, n: int) -> tuple[list[object], list[object]]:
     index_b = steps["index_bytes"] / n
     rss_b = (rss1 - rss0) / n
     rebuild_row = [
-        f"{n:,}", steps["kind"], steps["omp"], f"{cold_s:.1f}", f"{cold_s / REBUILD_LIMIT_S:.2f}",
+        f"{n:,}",
+        steps["kind"],
+        steps["omp"],
+        f"{cold_s:.1f}",
+        f"{cold_s / REBUILD_LIMIT_S:.2f}",
         verdict(cold_s < REBUILD_LIMIT_S) if n >= 1_000_000 else "(target at 1M)",
-        f"{steps['load_s']:.1f}", f"{steps['scan_decode_s']:.1f}", f"{steps['build_s']:.1f}",
-        f"{steps['items_for_s']:.1f}", f"{load_s:.1f}",
+        f"{steps['load_s']:.1f}",
+        f"{steps['scan_decode_s']:.1f}",
+        f"{steps['build_s']:.1f}",
+        f"{steps['items_for_s']:.1f}",
+        f"{load_s:.1f}",
     ]
     memory_row = [
-        f"{n:,}", f"{vec_b:.0f}", f"{vec_b / RAW_BYTES:.2f}", verdict(vec_b <= BYTES_LIMIT),
-        f"{maps_b:.0f}", f"{index_b:.0f}", f"{index_b / RAW_BYTES:.2f}",
-        verdict(index_b <= BYTES_LIMIT), f"{rss_b:.0f}",
+        f"{n:,}",
+        f"{vec_b:.0f}",
+        f"{vec_b / RAW_BYTES:.2f}",
+        verdict(vec_b <= BYTES_LIMIT),
+        f"{maps_b:.0f}",
+        f"{index_b:.0f}",
+        f"{index_b / RAW_BYTES:.2f}",
+        verdict(index_b <= BYTES_LIMIT),
+        f"{rss_b:.0f}",
     ]
     return rebuild_row, memory_row
 
@@ -129,8 +151,9 @@ def main() -> None:
     def tweak(config: dict[str, object]) -> None:
         from common import set_deployment
 
-        set_deployment(config, "Embedder", autoscaling_config={"min_replicas": 1,
-                                                                "max_replicas": 1})
+        set_deployment(
+            config, "Embedder", autoscaling_config={"min_replicas": 1, "max_replicas": 1}
+        )
 
     rebuild_rows, memory_rows = [], []
     with running_service({"model": VIT_B_32.model_dump()}, tweak, aof=False) as svc:
@@ -142,15 +165,34 @@ def main() -> None:
     table(
         f"Rebuild of one user's index from Redis in its IndexShard (limit {REBUILD_LIMIT_S:.0f} s"
         " at 1M)",
-        ["n", "kind", "faiss threads", "rebuild s (first call)", f"/{REBUILD_LIMIT_S:.0f}s",
-         "target", "again, in actor s", "HSCAN+decode s", "build s", "items_for s",
-         "bulk load s"],
+        [
+            "n",
+            "kind",
+            "faiss threads",
+            "rebuild s (first call)",
+            f"/{REBUILD_LIMIT_S:.0f}s",
+            "target",
+            "again, in actor s",
+            "HSCAN+decode s",
+            "build s",
+            "items_for s",
+            "bulk load s",
+        ],
         rebuild_rows,
     )
     table(
         f"Bytes per vector (raw float32 = {RAW_BYTES} B; limit 1.2x = {BYTES_LIMIT:.0f} B)",
-        ["n", "redis vec hash B", "/raw", "target", "redis id maps + done B", "actor index B",
-         "/raw", "target", "actor RSS growth B"],
+        [
+            "n",
+            "redis vec hash B",
+            "/raw",
+            "target",
+            "redis id maps + done B",
+            "actor index B",
+            "/raw",
+            "target",
+            "actor RSS growth B",
+        ],
         memory_rows,
     )
 

@@ -87,12 +87,16 @@ def match_faiss_threads(svc: Service) -> None:
     shard = threads_of("IndexShard")
     faiss_threads = int(shard.rsplit(" ", 1)[-1]) if shard[-1].isdigit() else 1
     faiss.omp_set_num_threads(faiss_threads)
-    print(f"# IndexShard: {shard}; Embedder: {threads_of('Embedder')}; bare: torch"
-          f" {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()}", flush=True)
+    print(
+        f"# IndexShard: {shard}; Embedder: {threads_of('Embedder')}; bare: torch"
+        f" {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()}",
+        flush=True,
+    )
 
 
-def bench_size(svc: Service, core: EmbedderCore, n: int, args: argparse.Namespace,
-               images: list[bytes]) -> list[list[object]]:
+def bench_size(
+    svc: Service, core: EmbedderCore, n: int, args: argparse.Namespace, images: list[bytes]
+) -> list[list[object]]:
     data = clustered(n + args.recall_queries)
     base, queries = np.asarray(data[:n]), np.asarray(data[n:])
     user, headers = svc.new_user("search")
@@ -100,8 +104,9 @@ def bench_size(svc: Service, core: EmbedderCore, n: int, args: argparse.Namespac
     client = httpx.Client(base_url=svc.url, timeout=600)
 
     def http_text(i: int) -> None:
-        r = client.post("/search", headers=headers, data={"query": f"a photo of a thing {i}",
-                                                          "top_k": "10"})
+        r = client.post(
+            "/search", headers=headers, data={"query": f"a photo of a thing {i}", "top_k": "10"}
+        )
         r.raise_for_status()
 
     def http_image(i: int) -> None:
@@ -119,11 +124,18 @@ def bench_size(svc: Service, core: EmbedderCore, n: int, args: argparse.Namespac
     kind, size, found = ray.get(shard.__ray_call__.remote(_actor_index_facts, user, queries))
     _, exact = faiss.knn(queries, base, 10, metric=faiss.METRIC_INNER_PRODUCT)
     exact_ids = exact + 1  # write_raw numbers a fresh user's vectors 1..n
-    recall = float(np.mean([len(set(e) & set(f)) / 10 for e, f in zip(exact_ids, found, strict=True)]))
+    recall = float(
+        np.mean([len(set(e) & set(f)) / 10 for e, f in zip(exact_ids, found, strict=True)])
+    )
 
     ix = svc.settings.index
-    index = UserIndex.build(DIM, np.arange(1, n + 1, dtype=np.int64), base,
-                            approximate_threshold=ix.approximate_threshold, nprobe=ix.ivf_nprobe)
+    index = UserIndex.build(
+        DIM,
+        np.arange(1, n + 1, dtype=np.int64),
+        base,
+        approximate_threshold=ix.approximate_threshold,
+        nprobe=ix.ivf_nprobe,
+    )
 
     def bare_text(i: int) -> None:
         index.search(core.embed_texts([f"a photo of a thing {i}"]), 10)
@@ -138,10 +150,15 @@ def bench_size(svc: Service, core: EmbedderCore, n: int, args: argparse.Namespac
         index.search(q[None, :], 10)
         faiss_only.append(time.perf_counter() - t)
 
-    timings: dict[str, list[float]] = {k: [] for k in ("http_text", "bare_text", "http_image",
-                                                       "bare_image")}
-    fns = {"http_text": http_text, "bare_text": bare_text, "http_image": http_image,
-           "bare_image": bare_image}
+    timings: dict[str, list[float]] = {
+        k: [] for k in ("http_text", "bare_text", "http_image", "bare_image")
+    }
+    fns = {
+        "http_text": http_text,
+        "bare_text": bare_text,
+        "http_image": http_image,
+        "bare_image": bare_image,
+    }
     for i in range(args.warmup):
         for fn in fns.values():
             fn(i)
@@ -159,22 +176,32 @@ def bench_size(svc: Service, core: EmbedderCore, n: int, args: argparse.Namespac
     for mode in ("text", "image"):
         http, bare = timings[f"http_{mode}"], timings[f"bare_{mode}"]
         ratio = pct(http, 50) / pct(bare, 50)
-        rows.append([
-            f"{n:,}", f"{kind} (nlist {nlist_for(n) if kind == 'ivf' else '-'})", mode,
-            f"{1e3 * pct(http, 50):.1f}", f"{1e3 * pct(http, 99):.1f}",
-            f"{1e3 * pct(bare, 50):.1f}", f"{1e3 * pct(bare, 99):.1f}",
-            f"{1e3 * pct(faiss_only, 50):.2f}",
-            f"{ratio:.2f}", verdict(ratio <= RATIO_TARGET),
-            f"{recall:.3f}", f"{first_s:.1f}", f"{load_s:.1f}",
-        ])
+        rows.append(
+            [
+                f"{n:,}",
+                f"{kind} (nlist {nlist_for(n) if kind == 'ivf' else '-'})",
+                mode,
+                f"{1e3 * pct(http, 50):.1f}",
+                f"{1e3 * pct(http, 99):.1f}",
+                f"{1e3 * pct(bare, 50):.1f}",
+                f"{1e3 * pct(bare, 99):.1f}",
+                f"{1e3 * pct(faiss_only, 50):.2f}",
+                f"{ratio:.2f}",
+                verdict(ratio <= RATIO_TARGET),
+                f"{recall:.3f}",
+                f"{first_s:.1f}",
+                f"{load_s:.1f}",
+            ]
+        )
     assert size == n, f"the shard holds {size} vectors, expected {n}"
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["1k", "100k"], type=str,
-                        help="e.g. 1k 100k 1M")
+    parser.add_argument(
+        "--sizes", nargs="+", default=["1k", "100k"], type=str, help="e.g. 1k 100k 1M"
+    )
     parser.add_argument("--queries", type=int, default=100, help="timed requests per mode")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--recall-queries", type=int, default=500)
@@ -186,8 +213,12 @@ def main() -> None:
     threads = args.embedder_cpus
 
     def tweak(config: dict[str, object]) -> None:
-        set_deployment(config, "Embedder", ray_actor_options={"num_cpus": threads},
-                       autoscaling_config={"min_replicas": 1, "max_replicas": 1})
+        set_deployment(
+            config,
+            "Embedder",
+            ray_actor_options={"num_cpus": threads},
+            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
+        )
 
     images = query_images(8)
     with running_service({"model": VIT_B_32.model_dump()}, tweak, aof=False) as svc:
@@ -198,9 +229,21 @@ def main() -> None:
             print(f"# n={n:,} done", flush=True)
     table(
         "Search over HTTP vs bare (encode + FAISS in one process), top_k=10, ms",
-        ["n", "index", "query", "http p50", "http p99", "bare p50", "bare p99", "faiss p50",
-         "p50 ratio", f"<= {RATIO_TARGET}", "recall@10", "first search s (rebuild)",
-         "bulk load s"],
+        [
+            "n",
+            "index",
+            "query",
+            "http p50",
+            "http p99",
+            "bare p50",
+            "bare p99",
+            "faiss p50",
+            "p50 ratio",
+            f"<= {RATIO_TARGET}",
+            "recall@10",
+            "first search s (rebuild)",
+            "bulk load s",
+        ],
         rows,
     )
     print(f"recall target: >= {RECALL_TARGET} at 1M (the recall column of the 1,000,000 rows)")

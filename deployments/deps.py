@@ -11,6 +11,11 @@ from fastapi.security import OAuth2PasswordBearer
 from deployments.services import Services, current
 from lumen.errors import Forbidden, Unauthorized
 
+AUTH_ERRORS: dict[int | str, dict[str, str]] = {
+    401: {"description": "missing, expired or forged token"},
+    400: {"description": "a parameter is malformed or out of range (the detail says which)"},
+}
+
 _bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
 
 
@@ -23,9 +28,7 @@ def get_services() -> Services:
 Svc = Annotated[Services, Depends(get_services)]
 
 
-async def get_current_user(
-    svc: Svc, token: Annotated[str | None, Depends(_bearer)]
-) -> str:
+async def get_current_user(svc: Svc, token: Annotated[str | None, Depends(_bearer)]) -> str:
     if not token:
         raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
     return await asyncio.to_thread(svc.auth.verify, token)
@@ -34,7 +37,9 @@ async def get_current_user(
 async def get_stream_user(request: Request, svc: Svc) -> str:
     """For SSE and <img> routes: a browser's EventSource cannot send headers, so `?token=`."""
     header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token")
+    token = (
+        header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token")
+    )
     if not token:
         raise Unauthorized("not authenticated: send a bearer token or ?token=")
     return await asyncio.to_thread(svc.auth.verify, token)

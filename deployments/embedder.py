@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import numpy as np
 import torch
 from ray import serve
 
+from actors import metrics
 from lumen.config import Settings
 from lumen.storage import Stores
 from lumen.vectors import encode_vector
@@ -78,7 +80,10 @@ class Embedder:
         for user, item in owners:
             by_user.setdefault(user, []).append(item)
         await asyncio.to_thread(self._assign, by_user)
+        started = time.perf_counter()
         vectors, captions = await asyncio.to_thread(self.core.embed_tensors, tensors)
+        metrics.embed_batch_seconds().observe(time.perf_counter() - started)
+        metrics.embed_batch_size().observe(len(tensors))
         return list(zip(vectors, captions, strict=True))
 
     def _assign(self, by_user: dict[str, list[str]]) -> None:

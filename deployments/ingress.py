@@ -15,6 +15,7 @@ from ray import serve
 from ray.exceptions import RayError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors import metrics
 from deployments.routes import auth, monitor, queue, search, uploads
 from deployments.services import Services, install
 from deployments.services import current as services_current
@@ -46,9 +47,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise LimitExceeded(
-                    f"upload is larger than {self.limit} bytes", "max_upload_bytes"
-                )
+                raise LimitExceeded(f"upload is larger than {self.limit} bytes", "max_upload_bytes")
             return message
 
         await self.app(scope, limited, send)
@@ -65,6 +64,7 @@ async def _no_body() -> Message:
 
 
 def _error_response(exc: LumenError) -> JSONResponse:
+    metrics.http_errors().inc(tags={"status": str(exc.status), "code": exc.code})
     body: dict[str, Any] = {"detail": exc.message, "code": exc.code}
     headers = {}
     if isinstance(exc, LimitExceeded):
@@ -123,8 +123,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> JSONResponse:
         """Liveness for load balancers and the run command. No token needed."""
         ok = await asyncio.to_thread(services_current().stores.ping)
-        return JSONResponse({"status": "ok" if ok else "degraded", "redis": ok},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503
+        )
 
     @app.get("/", include_in_schema=False)
     async def ui() -> HTMLResponse:

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     app_name: str = "lumen"
+    # Ray resources the bookkeeping actors ask for, e.g. {"head": 0.001} to keep the
+    # dispatcher, shards and monitor on a cluster's head node (never on a GPU worker).
+    actor_resources: dict[str, float] = Field(default_factory=dict)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -65,7 +65,11 @@ class SpaceRegistry:
         vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, info.dim), dtype=np.float32)
         ix = self.settings.index
         images = UserIndex.build(
-            info.dim, ids, vecs, approximate_threshold=ix.approximate_threshold, nprobe=ix.ivf_nprobe
+            info.dim,
+            ids,
+            vecs,
+            approximate_threshold=ix.approximate_threshold,
+            nprobe=ix.ivf_nprobe,
         )
         space = Space(images=images, pdf_pages=self._new_index(info.dim))
         items = self.stores.vectors.items_for(user, ids.tolist())
@@ -76,7 +80,9 @@ class SpaceRegistry:
         self.spaces[user] = space
         return space
 
-    def add(self, user: str, dim: int, committed: dict[str, int], vectors: dict[str, np.ndarray]) -> None:
+    def add(
+        self, user: str, dim: int, committed: dict[str, int], vectors: dict[str, np.ndarray]
+    ) -> None:
         """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated)."""
         space = self.load(user)
         if space is None or not committed:

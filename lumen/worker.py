@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +57,9 @@ class EmbedderCore:
 
     def decode(self, user: str, item: str) -> torch.Tensor:
         path = resolve_item(self.settings.data_dir, user, item)
-        img = open_image(path, max_pixels=self.settings.limits.max_image_pixels, draft_size=self._draft)
+        img = open_image(
+            path, max_pixels=self.settings.limits.max_image_pixels, draft_size=self._draft
+        )
         return self.model.preprocess_image(img)
 
     def decode_bytes(self, data: bytes) -> torch.Tensor:
@@ -79,8 +80,9 @@ class EmbedderCore:
 
     def failure(self, user: str, item: str, exc: BaseException) -> EmbedResult:
         permanent = isinstance(exc, LumenError | FileNotFoundError)
-        return EmbedResult(user, item, self.worker_id, error=str(exc) or type(exc).__name__,
-                           permanent=permanent)
+        return EmbedResult(
+            user, item, self.worker_id, error=str(exc) or type(exc).__name__, permanent=permanent
+        )
 
     def metrics(self) -> dict[str, Any]:
         metrics: dict[str, Any] = {
@@ -96,7 +98,10 @@ class EmbedderCore:
             try:
                 metrics["gpu"] = float(torch.cuda.utilization())
                 metrics["gpu_mem"] = round(
-                    100 * torch.cuda.memory_allocated() / torch.cuda.get_device_properties(0).total_memory, 1
+                    100
+                    * torch.cuda.memory_allocated()
+                    / torch.cuda.get_device_properties(0).total_memory,
+                    1,
                 )
             except Exception:  # noqa: BLE001 - pynvml missing on some images
                 pass

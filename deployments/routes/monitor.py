@@ -7,10 +7,10 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from deployments.deps import AdminUser, StreamUser, Svc
+from deployments.deps import AUTH_ERRORS, AdminUser, StreamUser, Svc
 from deployments.sse import sse_stream
 
-router = APIRouter(prefix="/monitor", tags=["monitor"])
+router = APIRouter(prefix="/monitor", tags=["monitor"], responses=AUTH_ERRORS)
 
 
 @router.get("/worker", response_class=StreamingResponse)

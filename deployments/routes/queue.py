@@ -7,11 +7,11 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from deployments.deps import CurrentUser, StreamUser, Svc
+from deployments.deps import AUTH_ERRORS, CurrentUser, StreamUser, Svc
 from deployments.sse import sse_stream
 from lumen.errors import Conflict, NotFound
 
-router = APIRouter(tags=["queue"])
+router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
 
 
 @router.get("/status", response_class=StreamingResponse)

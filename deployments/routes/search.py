@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from deployments.deps import CurrentUser, StreamUser, Svc
+from actors import metrics
+from deployments.deps import AUTH_ERRORS, CurrentUser, StreamUser, Svc
 from lumen.errors import BadRequest, LimitExceeded, NotFound
 from lumen.ingest.images import to_browser_bytes
 from lumen.paths import resolve_item
 from lumen.vectors import normalize
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=AUTH_ERRORS)
 
 
 def parse_top_k(raw: str | None, default: int, maximum: int) -> int:
@@ -58,6 +60,7 @@ async def search(
     top_k: Annotated[str | None, Form()] = None,
 ) -> dict[str, object]:
     """Find the caller's most similar images to a text, an image, or both (vectors averaged)."""
+    started = time.perf_counter()
     limits = svc.settings.limits
     k = parse_top_k(top_k, 5, limits.max_top_k)
     text = clean_query(query, limits.max_query_chars)
@@ -71,6 +74,7 @@ async def search(
         vectors.append(await svc.embed_image(data))
     qvec = normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0].astype("<f4")
     hits = await svc.shard(user).search.remote(user, qvec.tobytes(), k)
+    metrics.search_seconds().observe(time.perf_counter() - started, tags={"route": "/search"})
     return {
         "results": [
             {
@@ -94,6 +98,7 @@ async def search_pdf(
     mode: Annotated[str, Form(description="fused (default), text or image")] = "fused",
 ) -> dict[str, object]:
     """Find the best page of the caller's PDFs (CLIP + page text) and ask Gemini about it."""
+    started = time.perf_counter()
     limits = svc.settings.limits
     k = parse_top_k(top_k, 1, limits.max_top_k)
     if mode not in ("fused", "text", "image"):
@@ -125,11 +130,14 @@ async def search_pdf(
         }
         for h, m in zip(hits, metas, strict=True)
     ]
+    metrics.search_seconds().observe(time.perf_counter() - started, tags={"route": "/search/pdf"})
     top = hits[0]
     page_path = resolve_item(svc.settings.data_dir, user, top.item)
     page_text = await asyncio.to_thread(svc.stores.queue.pdf_text, user, top.item)
     image_bytes = await asyncio.to_thread(page_path.read_bytes)
-    answer = await asyncio.to_thread(svc.answerer.answer, text, image_bytes, "image/jpeg", page_text)
+    answer = await asyncio.to_thread(
+        svc.answerer.answer, text, image_bytes, "image/jpeg", page_text
+    )
     return {
         "query": text,
         "top_result": results[0],
@@ -151,4 +159,6 @@ async def image(path: str, user: StreamUser, svc: Svc) -> Response:
         )
     except Exception:  # noqa: BLE001 - unreadable: as good as missing to the caller
         raise NotFound("Image not found") from None
-    return Response(content=data, media_type=mime, headers={"Cache-Control": "private, max-age=3600"})
+    return Response(
+        content=data, media_type=mime, headers={"Cache-Control": "private, max-age=3600"}
+    )

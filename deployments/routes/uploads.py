@@ -11,10 +11,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
 
-from deployments.deps import CurrentUser, Svc
+from deployments.deps import AUTH_ERRORS, CurrentUser, Svc
 from lumen.errors import BadRequest, LimitExceeded
 
-router = APIRouter(tags=["uploads"])
+router = APIRouter(tags=["uploads"], responses=AUTH_ERRORS)
 
 _ERRORS: dict[int | str, dict[str, str]] = {
     400: {"description": "not a readable ZIP/PDF, encrypted, corrupt or empty"},

@@ -90,7 +90,9 @@ class QueueStore:
         keys = [k.queue(user), k.meta(user), k.sha(user), k.active, k.pdftext(user)]
         queued, dups = self._enqueue(keys=keys, args=args)
         pairs = [_s(x) for x in dups]
-        return EnqueueResult([_s(x) for x in queued], dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        return EnqueueResult(
+            [_s(x) for x in queued], dict(zip(pairs[::2], pairs[1::2], strict=True))
+        )
 
     def active_users(self) -> list[str]:
         return sorted(_s(u) for u in self._r.smembers(self._k.active))
@@ -136,7 +138,9 @@ class QueueStore:
 
     def reset(self, user: str) -> None:
         k = self._k
-        self._reset(keys=[k.processing(user), k.deadline, k.active, *k.user_keys(user)], args=[user])
+        self._reset(
+            keys=[k.processing(user), k.deadline, k.active, *k.user_keys(user)], args=[user]
+        )
 
     def state_of(self, user: str, item: str) -> str | None:
         """'processing', 'done', 'error', 'queued' or None (unknown to this user)."""
@@ -192,12 +196,12 @@ class QueueStore:
         raw = self._r.hget(self._k.pdftext(user), item)
         return _s(raw) if raw is not None else None
 
-    def backlog(self) -> int:
-        """Queued items across all users (for the dispatcher and metrics)."""
+    def depth(self) -> dict[str, int]:
+        """Queued and processing items across all users (for metrics)."""
         users = self.active_users()
-        if not users:
-            return 0
         pipe = self._r.pipeline()
         for u in users:
             pipe.llen(self._k.queue(u))
-        return int(sum(pipe.execute()))
+        pipe.zcard(self._k.deadline)
+        *queued, processing = pipe.execute()
+        return {"queued": int(sum(queued)), "processing": int(processing)}

@@ -12,30 +12,40 @@ import httpx
 from tests.conftest import Service
 
 
-def upload_zip(service: Service, headers: dict[str, str], data: bytes, name: str = "a.zip",
-               route: str = "/upload", field: str = "zip_file") -> httpx.Response:
+def upload_zip(
+    service: Service,
+    headers: dict[str, str],
+    data: bytes,
+    name: str = "a.zip",
+    route: str = "/upload",
+    field: str = "zip_file",
+) -> httpx.Response:
     with service.client() as c:
         return c.post(route, headers=headers, files={field: (name, data, "application/zip")})
 
 
-def upload_pdf(service: Service, headers: dict[str, str], data: bytes,
-               name: str = "doc.pdf") -> httpx.Response:
+def upload_pdf(
+    service: Service, headers: dict[str, str], data: bytes, name: str = "doc.pdf"
+) -> httpx.Response:
     with service.client() as c:
         return c.post(
             "/upload/pdf", headers=headers, files={"upload_file": (name, data, "application/pdf")}
         )
 
 
-def sse_events(service: Service, path: str, headers: dict[str, str],
-               timeout_s: float = 60) -> Iterator[Any]:
+def sse_events(
+    service: Service, path: str, headers: dict[str, str], timeout_s: float = 60
+) -> Iterator[Any]:
     """Yield each `data:` JSON object of an SSE stream until the caller stops."""
-    with httpx.Client(base_url=service.url, timeout=httpx.Timeout(timeout_s)) as c:
-        with c.stream("GET", path, headers=headers) as r:
-            assert r.status_code == 200, r.read()
-            assert r.headers["content-type"].startswith("text/event-stream")
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    yield json.loads(line[6:])
+    with (
+        httpx.Client(base_url=service.url, timeout=httpx.Timeout(timeout_s)) as c,
+        c.stream("GET", path, headers=headers) as r,
+    ):
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                yield json.loads(line[6:])
 
 
 def status_snapshot(service: Service, headers: dict[str, str]) -> dict[str, Any]:
@@ -44,8 +54,9 @@ def status_snapshot(service: Service, headers: dict[str, str]) -> dict[str, Any]
     raise AssertionError("no status event")
 
 
-def wait_settled(service: Service, headers: dict[str, str], expected_done: int,
-                 timeout_s: float = 180) -> dict[str, Any]:
+def wait_settled(
+    service: Service, headers: dict[str, str], expected_done: int, timeout_s: float = 180
+) -> dict[str, Any]:
     """Follow /status until `expected_done` items are done (or errored) and nothing is pending."""
     deadline = time.time() + timeout_s
     last: dict[str, Any] = {}
@@ -59,8 +70,13 @@ def wait_settled(service: Service, headers: dict[str, str], expected_done: int,
     raise AssertionError(f"queue did not settle: {last}")
 
 
-def search(service: Service, headers: dict[str, str], query: str | None = None,
-           image: bytes | None = None, top_k: int | str | None = None) -> httpx.Response:
+def search(
+    service: Service,
+    headers: dict[str, str],
+    query: str | None = None,
+    image: bytes | None = None,
+    top_k: int | str | None = None,
+) -> httpx.Response:
     data: dict[str, Any] = {}
     if query is not None:
         data["query"] = query

@@ -71,7 +71,9 @@ def test_signup_with_missing_fields_is_a_4xx(service: Service) -> None:
 def test_wrong_password_and_unknown_user_are_401(service: Service) -> None:
     name, _ = service.new_user()
     with service.client() as c:
-        assert c.post("/login", data={"username": name, "password": "wrong pass"}).status_code == 401
+        assert (
+            c.post("/login", data={"username": name, "password": "wrong pass"}).status_code == 401
+        )
         r = c.post("/login", data={"username": _name(), "password": PASSWORD})
         assert r.status_code == 401
 

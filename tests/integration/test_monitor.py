@@ -62,8 +62,9 @@ def test_events_stream_newest_first_and_only_operators_may_reset(service: Servic
     assert stores.events.list() == []
 
 
-def _watch_workers(service: Service, h: dict[str, str], stop: threading.Event,
-                   seen: list[dict[str, Any]]) -> None:
+def _watch_workers(
+    service: Service, h: dict[str, str], stop: threading.Event, seen: list[dict[str, Any]]
+) -> None:
     try:
         for view in sse_events(service, "/monitor/worker", h, timeout_s=900):
             seen.append(view)

@@ -68,15 +68,24 @@ def _ask(service: Service, h: dict[str, str], query: str, **form: str) -> httpx.
 @pytest.fixture(scope="module")
 def pdf_user(service: Service) -> tuple[str, dict[str, str], dict[str, list[str]]]:
     user, h = service.new_user("pdf")
-    real = upload_pdf(service, h, (DATA / "shared-mime-info-spec.pdf").read_bytes(),
-                      name="shared-mime-info-spec.pdf").json()["queued"]
+    real = upload_pdf(
+        service,
+        h,
+        (DATA / "shared-mime-info-spec.pdf").read_bytes(),
+        name="shared-mime-info-spec.pdf",
+    ).json()["queued"]
     gen = upload_pdf(service, h, _generated_pdf(), name="kettle.pdf").json()["queued"]
     wait_settled(service, h, len(real) + len(gen))
     return user, h, {"real": real, "kettle": gen}
 
 
-def _hit_rate(service: Service, h: dict[str, str], pages: list[str],
-              questions: list[tuple[str, int]], mode: str) -> float:
+def _hit_rate(
+    service: Service,
+    h: dict[str, str],
+    pages: list[str],
+    questions: list[tuple[str, int]],
+    mode: str,
+) -> float:
     hits = 0
     for question, page in questions:
         r = _ask(service, h, question, mode=mode)
@@ -86,7 +95,8 @@ def _hit_rate(service: Service, h: dict[str, str], pages: list[str],
 
 
 def test_the_right_page_comes_first_for_nine_in_ten_questions(
-    service: Service, pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
+    service: Service,
+    pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
 ) -> None:
     _, h, docs = pdf_user
     rates = {}
@@ -107,7 +117,8 @@ def test_the_right_page_comes_first_for_nine_in_ten_questions(
 
 
 def test_the_response_has_the_spec_shape_and_gemini_sees_the_page_and_question(
-    service: Service, gemini: FakeGemini,
+    service: Service,
+    gemini: FakeGemini,
     pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
 ) -> None:
     _, h, docs = pdf_user
@@ -133,7 +144,8 @@ def test_the_response_has_the_spec_shape_and_gemini_sees_the_page_and_question(
 
 
 def test_a_gemini_error_or_timeout_still_returns_the_page(
-    service: Service, gemini: FakeGemini,
+    service: Service,
+    gemini: FakeGemini,
     pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
 ) -> None:
     _, h, docs = pdf_user
@@ -158,13 +170,19 @@ def test_no_pdf_pages_yet_is_a_200_with_a_null_top_result(service: Service) -> N
     assert body["top_result"] is None and body["gemini_answer"] is None and body["message"]
 
 
-@pytest.mark.parametrize(("form", "status"), [
-    ({"query": ""}, 400), ({"query": "x", "top_k": "0"}, 400),
-    ({"query": "x", "top_k": "many"}, 400), ({"query": "x", "mode": "magic"}, 400),
-    ({"query": "y" * 5000}, 413),
-])
-def test_bad_pdf_search_parameters_are_4xx(service: Service, form: dict[str, str],
-                                           status: int) -> None:
+@pytest.mark.parametrize(
+    ("form", "status"),
+    [
+        ({"query": ""}, 400),
+        ({"query": "x", "top_k": "0"}, 400),
+        ({"query": "x", "top_k": "many"}, 400),
+        ({"query": "x", "mode": "magic"}, 400),
+        ({"query": "y" * 5000}, 413),
+    ],
+)
+def test_bad_pdf_search_parameters_are_4xx(
+    service: Service, form: dict[str, str], status: int
+) -> None:
     _, h = service.new_user()
     with service.client() as c:
         r = c.post("/search/pdf", headers=h, data=form)

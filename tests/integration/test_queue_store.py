@@ -39,7 +39,9 @@ def test_same_content_is_not_queued_twice(stores: Stores) -> None:
     first = stores.queue.enqueue("alice", [NewItem("uploads/alice/a.jpg", "same")])
     again = stores.queue.enqueue("alice", [NewItem("uploads/alice/a_1.jpg", "same")])
     assert first.queued == ["uploads/alice/a.jpg"]
-    assert again.queued == [] and again.duplicates == {"uploads/alice/a_1.jpg": "uploads/alice/a.jpg"}
+    assert again.queued == [] and again.duplicates == {
+        "uploads/alice/a_1.jpg": "uploads/alice/a.jpg"
+    }
     other = stores.queue.enqueue("bob", [NewItem("uploads/bob/a.jpg", "same")])
     assert other.queued == ["uploads/bob/a.jpg"]  # dedupe is per user
 
@@ -116,7 +118,9 @@ def test_delete_and_reset_under_concurrent_claims_lose_and_resurrect_nothing(
             if stores.queue.delete_queued("bob", item):
                 deleted.append(item)
 
-    threads = [threading.Thread(target=claimer) for _ in range(2)] + [threading.Thread(target=deleter)]
+    threads = [threading.Thread(target=claimer) for _ in range(2)] + [
+        threading.Thread(target=deleter)
+    ]
     for t in threads:
         t.start()
     time.sleep(0.05)

@@ -43,11 +43,15 @@ def test_an_exact_copy_of_an_uploaded_image_comes_first(
     assert set(results[0]) >= {"filename", "caption", "similarity", "image_path"}
 
 
-@pytest.mark.parametrize(("color", "shape"), [("red", "circle"), ("green", "square"),
-                                              ("yellow", "triangle"), ("blue", "circle")])
+@pytest.mark.parametrize(
+    ("color", "shape"),
+    [("red", "circle"), ("green", "square"), ("yellow", "triangle"), ("blue", "circle")],
+)
 def test_text_search_finds_the_described_shape(
-    service: Service, shapes_space: tuple[str, dict[str, str], dict[str, str]],
-    color: str, shape: str,
+    service: Service,
+    shapes_space: tuple[str, dict[str, str], dict[str, str]],
+    color: str,
+    shape: str,
 ) -> None:
     _, h, names = shapes_space
     r = search(service, h, query=f"a {color} {shape}", top_k=5)

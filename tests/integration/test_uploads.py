@@ -87,8 +87,13 @@ def test_a_real_multi_page_pdf_is_rendered_page_by_page(service: Service) -> Non
 
 def test_a_zip_through_the_pdf_route_is_extracted_like_upload(service: Service) -> None:
     _, h = service.new_user()
-    r = upload_zip(service, h, make_zip({"p.png": make_png((5, 5, 250))}),
-                   route="/upload/pdf", field="upload_file")
+    r = upload_zip(
+        service,
+        h,
+        make_zip({"p.png": make_png((5, 5, 250))}),
+        route="/upload/pdf",
+        field="upload_file",
+    )
     assert r.status_code == 200 and r.json()["message"] == "Uploaded and queued 1 images."
 
 

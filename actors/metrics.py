@@ -1,0 +1,66 @@
+"""Prometheus metrics through `ray.util.metrics`; Ray exports them on each node's metrics port.
+
+Created lazily, once per process, because a Ray metric belongs to the process that records it.
+The list is in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ray.util.metrics import Counter, Gauge, Histogram
+
+_LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+_BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+@cache
+def queue_depth() -> Gauge:
+    return Gauge("lumen_queue_depth", "Items per queue state, all users.", tag_keys=("state",))
+
+
+@cache
+def items_done() -> Counter:
+    return Counter("lumen_items_done_total", "Items embedded and indexed.")
+
+
+@cache
+def items_failed() -> Counter:
+    return Counter(
+        "lumen_items_failed_total",
+        "Item attempts that failed, by kind (transient, permanent, worker_dead, timeout).",
+        tag_keys=("kind",),
+    )
+
+
+@cache
+def embed_batch_size() -> Histogram:
+    return Histogram(
+        "lumen_embed_batch_size", "Images per model forward pass.", boundaries=_BATCH_BOUNDS
+    )
+
+
+@cache
+def embed_batch_seconds() -> Histogram:
+    return Histogram(
+        "lumen_embed_batch_seconds", "Model forward time per batch.", boundaries=_LATENCY_BOUNDS
+    )
+
+
+@cache
+def search_seconds() -> Histogram:
+    return Histogram(
+        "lumen_search_seconds",
+        "Search latency inside the ingress, by route.",
+        boundaries=_LATENCY_BOUNDS,
+        tag_keys=("route",),
+    )
+
+
+@cache
+def http_errors() -> Counter:
+    return Counter(
+        "lumen_http_errors_total",
+        "Error responses by status and code.",
+        tag_keys=("status", "code"),
+    )
