@@ -187,7 +187,7 @@ class Service:
         return get_index_shard(self.settings, shard_for(user, self.settings.queue.index_shards))
 
     def deployment_pids(self, class_name: str) -> list[int]:
-        """PIDs of the live Ray actors of a class (Serve replicas: `ServeReplica:lumen:Embedder`)."""
+        """PIDs of live actors whose class name contains `class_name`."""
         return [pid for name, pid in actor_pids() if class_name in name]
 
 

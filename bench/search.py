@@ -168,7 +168,6 @@ def bench_size(
             fn(i)
             timings[name].append(time.perf_counter() - t)
     client.close()
-    del index
     with httpx.Client(base_url=svc.url, timeout=600) as c:  # free Redis and the actor
         c.post("/reset", headers=headers)
 

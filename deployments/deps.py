@@ -34,12 +34,11 @@ async def get_current_user(svc: Svc, token: Annotated[str | None, Depends(_beare
     return await asyncio.to_thread(svc.auth.verify, token)
 
 
-async def get_stream_user(request: Request, svc: Svc) -> str:
+async def get_stream_user(
+    request: Request, svc: Svc, bearer: Annotated[str | None, Depends(_bearer)]
+) -> str:
     """For SSE and <img> routes: a browser's EventSource cannot send headers, so `?token=`."""
-    header = request.headers.get("authorization", "")
-    token = (
-        header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token")
-    )
+    token = bearer or request.query_params.get("token")
     if not token:
         raise Unauthorized("not authenticated: send a bearer token or ?token=")
     return await asyncio.to_thread(svc.auth.verify, token)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 from tests.conftest import RedisServer, service_settings
@@ -20,7 +19,6 @@ def test_removing_a_worker_node_mid_ingest_loses_nothing(
     redis_server: RedisServer, tiny_clip: TinyClip, gemini: FakeGemini, tmp_path: Path
 ) -> None:
     overrides = service_settings(tmp_path / "data", redis_server.url, tiny_clip, gemini)
-    overrides["app_name"] = f"multi{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "tests.integration.multinode_scenario", json.dumps(overrides)],
