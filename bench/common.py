@@ -286,6 +286,8 @@ def running_service(
 
     os.chdir(ROOT)  # Ray workers import serve_app, deployments and actors from the cwd
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # A Ray of our own even when another one on the box was started with `ray start`.
+    os.environ["RAY_ADDRESS"] = "local"
     tmp = Path(tempfile.mkdtemp(prefix="lumen-bench-"))
     redis_proc, url = start_redis(tmp)
     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass
 class RoundRobin:
-    """Splits free capacity across active users, rotating who goes first.
+    """Splits free capacity across active users, rotating past those just served.
 
     Every active user gets at least one slot per round while capacity lasts, so a user with
     50,000 queued items delays a user with 5 by at most one round of in-flight work.
@@ -20,7 +20,6 @@ class RoundRobin:
             return []
         start = self.offset % len(users)
         ordered = users[start:] + users[:start]
-        self.offset = (self.offset + 1) % max(len(users), 1)
         share = max(1, min(max_per_user, capacity // len(ordered)))
         plan: list[tuple[str, int]] = []
         for user in ordered:
@@ -29,4 +28,6 @@ class RoundRobin:
             take = min(share, capacity)
             plan.append((user, take))
             capacity -= take
+        # the next round starts with the first user this round could not serve
+        self.offset = (start + len(plan)) % len(users)
         return plan

@@ -19,7 +19,7 @@ def test_openapi_lists_every_spec_route_with_its_auth(service: Service) -> None:
         assert c.get("/docs").status_code == 200
         schema = c.get("/openapi.json").json()
     ops = {(m, p): op for p, item in schema["paths"].items() for m, op in item.items()}
-    assert SPEC_ROUTES <= set(ops), SPEC_ROUTES - set(ops)
+    assert set(ops) >= SPEC_ROUTES, SPEC_ROUTES - set(ops)
     for (method, path), op in ops.items():
         if (method, path) not in SPEC_ROUTES:
             continue
