@@ -98,7 +98,7 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> None:
     raise TimeoutError("Serve app did not reach RUNNING in time")
 
 
-def start_ray(num_cpus: int | None = None) -> None:
+def start_ray(num_cpus: int | None = None, dashboard_port: int | None = None) -> None:
     import ray
 
     from actors.naming import NAMESPACE
@@ -108,6 +108,7 @@ def start_ray(num_cpus: int | None = None) -> None:
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         namespace=NAMESPACE,
     )
 

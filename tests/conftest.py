@@ -146,7 +146,7 @@ def service(
     config = load_config(ROOT / "configs" / "local.yaml", overrides)
     port = free_port()
     config["http_options"]["port"] = port
-    start_ray(num_cpus=4)
+    start_ray(num_cpus=4, dashboard_port=free_port())
     deploy(config)
     from lumen.config import Settings
 

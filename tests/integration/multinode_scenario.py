@@ -55,7 +55,12 @@ def main(overrides: dict[str, Any]) -> int:
     overrides["actor_resources"] = {"head": 0.001}
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2, "resources": {"head": 1}, "include_dashboard": True},
+        head_node_args={
+            "num_cpus": 2,
+            "resources": {"head": 1},
+            "include_dashboard": True,
+            "dashboard_port": free_port(),  # never collide with another Ray on the machine
+        },
     )
     workers = [cluster.add_node(num_cpus=1, resources={"embedder_node": 1}) for _ in range(2)]
     ray.init(address=cluster.address, namespace=NAMESPACE)

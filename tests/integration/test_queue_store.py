@@ -150,3 +150,15 @@ def test_queue_state_survives_a_redis_restart(redis_server: RedisServer, stores:
     redis_server.restart()
     after = stores.queue.status("alice", 10).as_dict()
     assert after == before and after["processing"] == [item]
+
+
+def test_vectors_from_another_model_are_refused_not_mixed(stores: Stores) -> None:
+    from lumen.errors import ModelMismatch
+
+    stores.queue.enqueue("alice", _items("alice", 2))
+    a, b = stores.queue.claim("alice", 2, "w", timeout_s=30)
+    stores.vectors.commit("alice", "model-a", 4, [(a, bytes(16), "")])
+    with pytest.raises(ModelMismatch, match="model-a"):
+        stores.vectors.commit("alice", "model-b", 8, [(b, bytes(32), "")])
+    assert stores.vectors.count("alice") == 1 and stores.queue.done("alice") == [a]
+    assert stores.queue.status("alice", 10).processing == [b]  # left for a retry or an error

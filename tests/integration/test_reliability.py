@@ -76,6 +76,7 @@ def _kill_one_embedder_replica() -> str:
     from ray.util.state import list_actors
 
     actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,
         filters=[("class_name", "=", "ServeReplica:lumen:Embedder"), ("state", "=", "ALIVE")],
         raise_on_missing_output=False,
     )

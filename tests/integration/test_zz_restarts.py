@@ -7,7 +7,7 @@ import io
 import ray
 from ray import serve
 
-from deploy import deploy, start_ray
+from deploy import deploy, free_port, start_ray
 from tests.conftest import Service, _wait_healthy
 from tests.integration.helpers import search, upload_zip, wait_settled
 from tests.support.hostile import make_zip
@@ -61,7 +61,7 @@ def test_users_items_and_search_results_survive_every_restart(service: Service) 
 
     serve.shutdown()  # the whole Ray instance
     ray.shutdown()
-    start_ray(num_cpus=4)
+    start_ray(num_cpus=4, dashboard_port=free_port())
     deploy(service.config)
     _wait_healthy(service)
     h = _login(service, user)  # tokens and users survive too
