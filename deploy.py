@@ -103,7 +103,6 @@ def start_ray(num_cpus: int | None = None, dashboard_port: int | None = None) ->
 
     from actors.naming import NAMESPACE
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local, loopback-only cluster
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,

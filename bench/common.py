@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -102,10 +101,6 @@ def pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -186,10 +181,6 @@ class Service:
 
         return get_index_shard(self.settings, shard_for(user, self.settings.queue.index_shards))
 
-    def deployment_pids(self, class_name: str) -> list[int]:
-        """PIDs of live actors whose class name contains `class_name`."""
-        return [pid for name, pid in actor_pids() if class_name in name]
-
 
 def actor_pids() -> list[tuple[str, int]]:
     """(class name, pid) of the live actors of the Ray this process is connected to."""
@@ -237,16 +228,6 @@ def threads_of(class_name: str) -> str:
     return "?"
 
 
-def env_of(pid: int, name: str) -> str | None:
-    """An environment variable of another process of ours (e.g. a replica's OMP_NUM_THREADS)."""
-    with contextlib.suppress(OSError):
-        for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            key, _, value = entry.partition(b"=")
-            if key.decode(errors="replace") == name:
-                return value.decode(errors="replace")
-    return None
-
-
 def set_deployment(config: dict[str, Any], name: str, **fields: Any) -> None:
     """Override fields of one deployment in a loaded Serve config (nested dicts merge)."""
     for app in config["applications"]:
@@ -259,10 +240,6 @@ def set_deployment(config: dict[str, Any], name: str, **fields: Any) -> None:
                         dep[key] = value
                 return
     raise KeyError(f"no deployment {name!r} in the config")
-
-
-def model_overrides(model: ModelSettings) -> dict[str, Any]:
-    return model.model_dump()
 
 
 @contextlib.contextmanager
@@ -306,6 +283,8 @@ def running_service(
         if tweak is not None:
             tweak(config)
         start_ray(num_cpus=ray_cpus)
+        # From here on, Ray lookups (the state API) mean this Ray, not whichever is newest.
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
         try:
             t0 = time.perf_counter()
             deploy(config, timeout_s=600)
