@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 
 import ray
@@ -15,6 +16,7 @@ from actors.index_shard import get_index_shard
 from actors.naming import NAMESPACE, dispatcher_name, shard_for
 from lumen.config import Settings
 from lumen.dispatch import RoundRobin
+from lumen.errors import ModelMismatch
 from lumen.storage import Stores
 from lumen.worker import EmbedResult
 
@@ -53,15 +55,18 @@ class Dispatcher:
     def _embedder(self):  # type: ignore[no-untyped-def]
         if self._handle is None:
             handle = serve.get_deployment_handle("Embedder", self.settings.app_name)
-            self._handle = handle.options(method_name="embed_item")
+            self._handle = handle.options(method_name="embed_items")
         return self._handle
 
     async def _loop(self) -> None:
         q = self.settings.queue
         capacity = q.dispatch_batch_size * q.max_inflight_batches
+        last_sweep = 0.0
         while True:
             try:
-                await asyncio.to_thread(self._requeue_expired)
+                if time.monotonic() - last_sweep >= 1.0:
+                    last_sweep = time.monotonic()
+                    await asyncio.to_thread(self._requeue_expired)
                 free = capacity - self.inflight
                 if free > 0:
                     claimed = await asyncio.to_thread(self._claim, free)
@@ -99,25 +104,19 @@ class Dispatcher:
 
     async def _process(self, user: str, items: list[str]) -> None:
         try:
-            embedder = self._embedder()
-            responses = [embedder.remote(user, item) for item in items]
-            results = await asyncio.gather(*responses, return_exceptions=True)
-            ok: list[EmbedResult] = []
-            failed: list[tuple[str, str, bool]] = []
-            died: list[str] = []
-            for item, res in zip(items, results, strict=True):
-                if isinstance(res, RayActorError):
-                    died.append(item)
-                elif isinstance(res, BaseException):
-                    failed.append((item, f"embedder call failed: {res!r}"[:500], False))
-                elif res.error is not None:
-                    failed.append((item, res.error[:500], res.permanent))
-                else:
-                    ok.append(res)
+            try:
+                results = await self._embedder().remote(user, items)
+            except RayActorError:  # the replica died with the whole chunk
+                await asyncio.to_thread(self._requeue_dead, user, items)
+                return
+            except Exception as exc:  # noqa: BLE001 - any other call failure: retry later
+                reason = f"embedder call failed: {exc!r}"[:500]
+                await asyncio.to_thread(self._fail, user, [(i, reason, False) for i in items])
+                return
+            ok = [r for r in results if r.error is None]
+            failed = [(r.item, r.error[:500], r.permanent) for r in results if r.error is not None]
             if ok:
                 await self._commit(user, ok)
-            if died:
-                await asyncio.to_thread(self._requeue_dead, user, died)
             if failed:
                 await asyncio.to_thread(self._fail, user, failed)
         except Exception:  # noqa: BLE001 - the deadline requeues whatever was lost here
@@ -131,9 +130,9 @@ class Dispatcher:
         info = await self._model_info()
         try:
             committed = await shard.commit.remote(user, info["model_id"], info["dim"], rows)
-        except Exception as exc:  # noqa: BLE001 - e.g. ModelMismatch: the items error out
+        except ModelMismatch as exc:  # retrying cannot help: the items error out with why
             await asyncio.to_thread(
-                self._fail, user, [(r.item, str(exc)[:500], True) for r in results]
+                self._fail, user, [(r.item, exc.message[:500], True) for r in results]
             )
             return
         self.processed += len(committed)

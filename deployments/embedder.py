@@ -62,9 +62,16 @@ class Embedder:
         """Serve calls this periodically; a failing model or a dead loop restarts the replica."""
         self._ensure_heartbeat()
 
-    async def embed_item(self, user: str, item: str) -> EmbedResult:
-        """Decode one queued item and embed it in whatever batch is forming."""
+    async def embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
+        """Embed a chunk of one user's queued items: one request, many batch slots.
+
+        Each item is decoded on a thread and then joins whatever `@serve.batch` is forming,
+        so chunks from several users share forward passes while the next chunk decodes.
+        """
         self._ensure_heartbeat()
+        return list(await asyncio.gather(*(self._embed_one(user, item) for item in items)))
+
+    async def _embed_one(self, user: str, item: str) -> EmbedResult:
         try:
             tensor = await asyncio.to_thread(self.core.decode, user, item)
             vector, caption = await self._embed_batch(tensor, (user, item))
@@ -93,7 +100,7 @@ class Embedder:
     async def embed_text(self, text: str) -> bytes:
         return encode_vector(await self._text_batch(text))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(await asyncio.to_thread(self.core.embed_texts, texts))
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 
 from lumen.config import Settings
@@ -23,6 +27,17 @@ class Hit:
     fused: float | None = None
 
 
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Let FAISS use `n` threads inside the block (Ray gives a 0-CPU actor one)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def is_pdf_page(user: str, item: str) -> bool:
     return item.startswith(f"uploads/{user}/pdfs/")
 
@@ -31,6 +46,7 @@ def is_pdf_page(user: str, item: str) -> bool:
 class Space:
     """One user's vectors: all items, and PDF pages alone for PDF questions."""
 
+    dim: int
     images: UserIndex
     pdf_pages: UserIndex
     bm25: BM25Index | None = None
@@ -64,19 +80,22 @@ class SpaceRegistry:
         ids = np.concatenate(all_ids) if all_ids else np.empty(0, dtype=np.int64)
         vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, info.dim), dtype=np.float32)
         ix = self.settings.index
-        images = UserIndex.build(
-            info.dim,
-            ids,
-            vecs,
-            approximate_threshold=ix.approximate_threshold,
-            nprobe=ix.ivf_nprobe,
+        with faiss_threads(os.cpu_count() or 1):  # a rebuild may use the whole node briefly
+            images = UserIndex.build(
+                info.dim, ids, vecs, approximate_threshold=ix.approximate_threshold,
+                nprobe=ix.ivf_nprobe,
+            )  # fmt: skip
+        space = Space(dim=info.dim, images=images, pdf_pages=self._new_index(info.dim))
+        pdf_items = list(self.stores.queue.pdf_texts(user))
+        pdf_ids = np.array(
+            [i for i in self.stores.vectors.ids_for(user, pdf_items) if i is not None],
+            dtype=np.int64,
         )
-        space = Space(images=images, pdf_pages=self._new_index(info.dim))
-        items = self.stores.vectors.items_for(user, ids.tolist())
-        pdf_mask = np.array([bool(i) and is_pdf_page(user, i) for i in items], dtype=bool)
-        if pdf_mask.any():
-            space.pdf_pages.upsert(ids[pdf_mask], vecs[pdf_mask])
-            space.pdf_ids = set(ids[pdf_mask].tolist())
+        if len(pdf_ids):
+            by_id = np.argsort(ids)
+            rows = by_id[np.searchsorted(ids, pdf_ids, sorter=by_id)]
+            space.pdf_pages.upsert(pdf_ids, vecs[rows])
+            space.pdf_ids = set(pdf_ids.tolist())
         self.spaces[user] = space
         return space
 
@@ -132,15 +151,17 @@ class SpaceRegistry:
         ]
 
     def _check_dim(self, user: str, query: np.ndarray) -> None:
-        info = self.stores.vectors.info(user)
-        if info is not None and info.dim != query.shape[-1]:
+        space = self.spaces.get(user)
+        if space is not None and space.dim != query.shape[-1]:
             raise ModelMismatch(
-                f"this space was indexed with {info.model} ({info.dim} dims); reset it "
+                f"this space was indexed with {space.dim}-dimensional vectors; reset it "
                 "(POST /reset) and upload again to search with the current model"
             )
 
     def _hits(self, user: str, pairs: list[tuple[int, float]]) -> list[Hit]:
-        items = self.stores.vectors.items_for(user, [vid for vid, _ in pairs])
-        found = [(it, s) for it, (_, s) in zip(items, pairs, strict=True) if it]
-        captions = self.stores.vectors.captions(user, [it for it, _ in found])
-        return [Hit(it, float(s), c) for (it, s), c in zip(found, captions, strict=True)]
+        described = self.stores.vectors.describe(user, [vid for vid, _ in pairs])
+        return [
+            Hit(item, float(score), caption)
+            for (item, caption), (_, score) in zip(described, pairs, strict=True)
+            if item
+        ]

@@ -41,8 +41,8 @@ class EmbedderCore:
         self.worker_id = worker_id
         self.model = ClipModel.from_settings(settings.model, threads=threads)
         self.captioner = Captioner(self.model)
-        # Decode at no more than twice the model's input size (JPEG draft mode).
-        side = max(2 * int(self.model.image_size), 64)
+        # JPEG draft mode decodes at the smallest 1/2^k scale still >= the model's input.
+        side = int(self.model.image_size)
         self._draft = (side, side)
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)

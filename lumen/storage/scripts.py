@@ -156,3 +156,14 @@ if #committed > 0 and not info[1] then
 end
 return {'ok', committed}
 """
+
+# KEYS: vitem, caption   ARGV: vector id*   Returns {item or false, caption or false}*.
+DESCRIBE = """
+local out = {}
+for i = 1, #ARGV do
+  local item = redis.call('HGET', KEYS[1], ARGV[i])
+  local caption = item and redis.call('HGET', KEYS[2], item) or false
+  table.insert(out, {item, caption})
+end
+return out
+"""

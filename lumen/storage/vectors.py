@@ -30,6 +30,7 @@ class VectorStore:
         self._r = client
         self._k = keys
         self._commit = client.register_script(scripts.COMMIT_VECTORS)
+        self._describe = client.register_script(scripts.DESCRIBE)
 
     def commit(
         self,
@@ -82,6 +83,15 @@ class VectorStore:
             return []
         raw = self._r.hmget(self._k.vitem(user), [str(i) for i in ids])
         return [_s(r) if r is not None else None for r in raw]
+
+    def describe(self, user: str, ids: list[int]) -> list[tuple[str | None, str]]:
+        """(item, caption) for each vector id, in one round trip."""
+        if not ids:
+            return []
+        vitem, caption = self._k.vitem(user), self._k.caption(user)
+        script = self._describe
+        raw = script(keys=[vitem, caption], args=[str(i) for i in ids])
+        return [(_s(it) if it else None, _s(c) if c else "") for it, c in raw]
 
     def ids_for(self, user: str, items: list[str]) -> list[int | None]:
         if not items:
