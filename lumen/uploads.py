@@ -6,6 +6,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lumen.config import Settings
 from lumen.errors import InvalidUpload
@@ -50,9 +51,9 @@ class UploadService:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def ingest_zip(self, user: str, zip_path: Path, sub: str = "") -> UploadOutcome:
-        dest = self.folder(user, sub) if sub else self.folder(user)
-        result = extract_images(zip_path, dest, self.settings.limits)
+    def ingest_zip(self, user: str, archive: Path | BinaryIO) -> UploadOutcome:
+        """Extract a ZIP (a path or a seekable binary file) into the user's folder, queue it."""
+        result = extract_images(archive, self.folder(user), self.settings.limits)
         items = [
             NewItem(
                 item=relative_item(self.settings.data_dir, user, img.path),
@@ -66,16 +67,18 @@ class UploadService:
         outcome.message = f"Uploaded and queued {len(outcome.queued)} images."
         return outcome
 
-    def ingest_pdf_or_zip(self, user: str, path: Path, filename: str | None) -> UploadOutcome:
+    @staticmethod
+    def is_zip(handle: BinaryIO) -> bool:
+        head = handle.read(4)
+        handle.seek(0)
+        return head.startswith(ZIP_MAGIC)
+
+    def ingest_pdf(self, user: str, path: Path, filename: str | None) -> UploadOutcome:
         with path.open("rb") as handle:
-            head = handle.read(1024)
-        if head.startswith(ZIP_MAGIC):
-            return self.ingest_zip(user, path)
-        if not sniff_pdf(head):
-            raise InvalidUpload("upload_file must be a PDF or a ZIP of images")
-        out_dir = self.folder(user, "pdfs")
-        pages = render_pdf(path, out_dir, _doc_stem(filename), self.settings.limits)
+            if not sniff_pdf(handle.read(1024)):
+                raise InvalidUpload("upload_file must be a PDF or a ZIP of images")
         doc = _doc_stem(filename)
+        pages = render_pdf(path, self.folder(user, "pdfs"), doc, self.settings.limits)
         items = [
             NewItem(
                 item=relative_item(self.settings.data_dir, user, page.path),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, UploadFile
 
@@ -23,22 +25,29 @@ _ERRORS: dict[int | str, dict[str, str]] = {
 }
 
 
-@contextlib.contextmanager
-def _spooled_to_disk(svc: Svc, upload: UploadFile):  # type: ignore[no-untyped-def]
-    """Copy the upload to a private temp file in the data dir, in chunks; always removed."""
+def _checked(svc: Svc, upload: UploadFile) -> BinaryIO:
+    """The upload's own spooled file (Starlette keeps big ones on disk), size-checked."""
     limit = svc.settings.limits.max_upload_bytes
+    handle = upload.file
+    size = handle.seek(0, os.SEEK_END)
+    if size > limit:
+        raise LimitExceeded(f"upload is larger than {limit} bytes", "max_upload_bytes")
+    if size == 0:
+        raise BadRequest("the uploaded file is empty")
+    handle.seek(0)
+    return handle
+
+
+@contextlib.contextmanager
+def _on_disk(svc: Svc, handle: BinaryIO) -> Iterator[Path]:
+    """A named copy for work in another process (PDF rendering); always removed."""
     tmp_dir = svc.settings.data_dir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".upload")
     path = Path(name)
     try:
         with open(fd, "wb") as out:
-            upload.file.seek(0)
-            shutil.copyfileobj(upload.file, out, 1024 * 1024)
-            if out.tell() > limit:
-                raise LimitExceeded(f"upload is larger than {limit} bytes", "max_upload_bytes")
-            if out.tell() == 0:
-                raise BadRequest("the uploaded file is empty")
+            shutil.copyfileobj(handle, out, 1024 * 1024)
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -53,8 +62,7 @@ async def upload_zip(
     """Extract a ZIP of images into the caller's folder and queue each new image."""
 
     def work() -> dict[str, object]:
-        with _spooled_to_disk(svc, zip_file) as path:
-            return svc.uploads.ingest_zip(user, path).as_dict()
+        return svc.uploads.ingest_zip(user, _checked(svc, zip_file)).as_dict()
 
     out = await asyncio.to_thread(work)
     await svc.kick()
@@ -70,8 +78,11 @@ async def upload_pdf(
     """Render a PDF's pages (or extract a ZIP's images) and queue them."""
 
     def work() -> dict[str, object]:
-        with _spooled_to_disk(svc, upload_file) as path:
-            return svc.uploads.ingest_pdf_or_zip(user, path, upload_file.filename).as_dict()
+        handle = _checked(svc, upload_file)
+        if svc.uploads.is_zip(handle):
+            return svc.uploads.ingest_zip(user, handle).as_dict()
+        with _on_disk(svc, handle) as path:
+            return svc.uploads.ingest_pdf(user, path, upload_file.filename).as_dict()
 
     out = await asyncio.to_thread(work)
     await svc.kick()

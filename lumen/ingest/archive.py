@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from lumen.errors import InvalidUpload, LimitExceeded
 from lumen.ingest.images import ImageFormat, sniff_format, validate_image_file
@@ -88,7 +88,9 @@ class _SkipMember(Exception):
     """Internal: this member is skipped with the given reason."""
 
 
-def extract_images(zip_path: Path, dest_dir: Path, limits: LimitSettings) -> ExtractResult:
+def extract_images(
+    zip_path: Path | BinaryIO, dest_dir: Path, limits: LimitSettings
+) -> ExtractResult:
     """Extract every acceptable image in `zip_path` into `dest_dir` (see module rules)."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     result = ExtractResult()
@@ -122,7 +124,7 @@ def save_single_image(
         return _store(handle, name, dest_dir, limits, check=lambda _n: None, what=f"'{name}'")
 
 
-def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+def _open_zip(zip_path: Path | BinaryIO) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
