@@ -108,7 +108,7 @@ class TooManyRequests(LumenError):
 
     @property
     def retry_after_s(self) -> int:
-        return int(self.args[1])  # type: ignore[call-overload]
+        return int(self.args[1])
 
 
 class ServiceUnavailable(LumenError):

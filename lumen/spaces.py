@@ -74,8 +74,8 @@ class SpaceRegistry:
             return None
         all_ids: list[np.ndarray] = []
         all_vecs: list[np.ndarray] = []
-        for ids, blobs in self.stores.vectors.scan(user):
-            all_ids.append(np.asarray(ids, dtype=np.int64))
+        for chunk_ids, blobs in self.stores.vectors.scan(user):
+            all_ids.append(np.asarray(chunk_ids, dtype=np.int64))
             all_vecs.append(decode_vectors(blobs, info.dim))
         ids = np.concatenate(all_ids) if all_ids else np.empty(0, dtype=np.int64)
         vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, info.dim), dtype=np.float32)

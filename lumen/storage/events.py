@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from lumen.keys import Keys
+from lumen.storage.text import text
 
 
 class EventStore:
@@ -47,7 +48,7 @@ class HeartbeatStore:
 
     def all(self) -> dict[str, dict[str, Any]]:
         raw = self._r.hgetall(self._k.heartbeat)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        return {text(k): json.loads(v) for k, v in dict(raw).items()}
 
     def forget(self, workers: list[str]) -> None:
         if workers:

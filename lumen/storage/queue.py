@@ -11,6 +11,7 @@ import redis
 
 from lumen.keys import Keys
 from lumen.storage import scripts
+from lumen.storage.text import text, text_map
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,6 @@ class QueueStatus:
         }
 
 
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _smap(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
-
-
 class QueueStore:
     """The queue state machine; every transition is one Lua script."""
 
@@ -89,19 +82,19 @@ class QueueStore:
             args += [it.item, it.sha256, json.dumps({"sha256": it.sha256, **it.meta}), it.text]
         keys = [k.queue(user), k.meta(user), k.sha(user), k.active, k.pdftext(user)]
         queued, dups = self._enqueue(keys=keys, args=args)
-        pairs = [_s(x) for x in dups]
+        pairs = [text(x) for x in dups]
         return EnqueueResult(
-            [_s(x) for x in queued], dict(zip(pairs[::2], pairs[1::2], strict=True))
+            [text(x) for x in queued], dict(zip(pairs[::2], pairs[1::2], strict=True))
         )
 
     def active_users(self) -> list[str]:
-        return sorted(_s(u) for u in self._r.smembers(self._k.active))
+        return sorted(text(u) for u in self._r.smembers(self._k.active))
 
     def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]:
         k = self._k
         deadline = time.time() + timeout_s
         keys = [k.queue(user), k.processing(user), k.deadline, k.active]
-        return [_s(x) for x in self._claim(keys=keys, args=[user, n, worker, deadline])]
+        return [text(x) for x in self._claim(keys=keys, args=[user, n, worker, deadline])]
 
     def assign(self, user: str, items: list[str], worker: str) -> int:
         """Record the worker now holding these items (only those still processing)."""
@@ -112,7 +105,7 @@ class QueueStore:
         if not items:
             return {}
         raw = self._r.hmget(self._k.processing(user), items)
-        return {i: _s(w) for i, w in zip(items, raw, strict=True) if w is not None}
+        return {i: text(w) for i, w in zip(items, raw, strict=True) if w is not None}
 
     def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[str]:
         """Requeue or error each (user, item, reason) still in processing; returns states."""
@@ -121,12 +114,12 @@ class QueueStore:
         args: list[Any] = [self._k.ns, max_retries]
         for user, item, reason in failures:
             args += [user, item, reason]
-        return [_s(x) for x in self._fail(args=args)]
+        return [text(x) for x in self._fail(args=args)]
 
     def requeue_expired(self, max_retries: int, limit: int = 500) -> list[Retried]:
         reason = "task timed out"
         out = self._expire(args=[self._k.ns, max_retries, time.time(), limit, reason])
-        return [Retried(_s(u), _s(i), _s(s)) for u, i, s in out]
+        return [Retried(text(u), text(i), text(s)) for u, i, s in out]
 
     def delete_queued(self, user: str, item: str) -> int:
         k = self._k
@@ -169,19 +162,19 @@ class QueueStore:
         pipe.hgetall(k.errors(user))
         pipe.hgetall(k.retries(user))
         qlen, queued, processing, done, errors, retries = pipe.execute()
-        workers = _smap(processing)
+        workers = text_map(processing)
         return QueueStatus(
             queue=int(qlen),
-            queued_items=[_s(x) for x in queued],
+            queued_items=[text(x) for x in queued],
             processing=sorted(workers),
             processing_workers=workers,
-            done=[_s(x) for x in done],
-            errors=_smap(errors),
-            retries=_smap(retries),
+            done=[text(x) for x in done],
+            errors=text_map(errors),
+            retries=text_map(retries),
         )
 
     def done(self, user: str) -> list[str]:
-        return [_s(x) for x in self._r.zrange(self._k.done(user), 0, -1)]
+        return [text(x) for x in self._r.zrange(self._k.done(user), 0, -1)]
 
     def meta(self, user: str, items: list[str]) -> list[dict[str, Any] | None]:
         if not items:
@@ -190,11 +183,11 @@ class QueueStore:
         return [json.loads(r) if r is not None else None for r in raw]
 
     def pdf_texts(self, user: str) -> dict[str, str]:
-        return _smap(self._r.hgetall(self._k.pdftext(user)))
+        return text_map(self._r.hgetall(self._k.pdftext(user)))
 
     def pdf_text(self, user: str, item: str) -> str | None:
         raw = self._r.hget(self._k.pdftext(user), item)
-        return _s(raw) if raw is not None else None
+        return text(raw) if raw is not None else None
 
     def depth(self) -> dict[str, int]:
         """Queued and processing items across all users (for metrics)."""

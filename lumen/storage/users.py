@@ -7,6 +7,7 @@ import time
 import redis
 
 from lumen.keys import Keys
+from lumen.storage.text import text
 
 
 class UserStore:
@@ -26,7 +27,7 @@ class UserStore:
 
     def password_hash(self, username: str) -> str | None:
         value = self._r.hget(self._k.user(username), "password_hash")
-        return value.decode() if value is not None else None
+        return text(value) if value is not None else None
 
     def set_password_hash(self, username: str, password_hash: str) -> None:
         self._r.hset(self._k.user(username), "password_hash", password_hash)

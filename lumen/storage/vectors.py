@@ -5,22 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from lumen.errors import ModelMismatch
 from lumen.keys import Keys
 from lumen.storage import scripts
+from lumen.storage.text import text
 
 
 @dataclass(frozen=True)
 class IndexInfo:
     model: str
     dim: int
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class VectorStore:
@@ -45,25 +43,25 @@ class VectorStore:
             k.processing(user), k.deadline, k.done(user), k.errors(user), k.vec(user),
             k.vid(user), k.vitem(user), k.vseq(user), k.vinfo(user), k.caption(user),
         ]  # fmt: skip
-        args: list[object] = [user, time.time(), model_id, dim]
+        args: list[Any] = [user, time.time(), model_id, dim]
         for item, blob, caption in rows:
             args += [item, blob, caption]
         status, committed = self._commit(keys=keys, args=args)
-        status = _s(status)
+        status = text(status)
         if status != "ok":
             stored = status.split(":", 1)[1]
             raise ModelMismatch(
                 f"this space was indexed with model {stored}; the service now runs "
                 f"{model_id}/{dim}. Reset the space (POST /reset) and upload again to re-embed."
             )
-        pairs = [_s(x) for x in committed]
+        pairs = [text(x) for x in committed]
         return {item: int(vid) for item, vid in zip(pairs[::2], pairs[1::2], strict=True)}
 
     def info(self, user: str) -> IndexInfo | None:
         model, dim = self._r.hmget(self._k.vinfo(user), ["model", "dim"])
         if model is None or dim is None:
             return None
-        return IndexInfo(_s(model), int(dim))
+        return IndexInfo(text(model), int(dim))
 
     def count(self, user: str) -> int:
         return int(self._r.hlen(self._k.vec(user)))
@@ -74,7 +72,8 @@ class VectorStore:
         while True:
             cursor, page = self._r.hscan(self._k.vec(user), cursor, count=chunk)
             if page:
-                yield [int(i) for i in page], list(page.values())
+                fields: dict[Any, Any] = dict(page)  # type: ignore[arg-type]
+                yield [int(i) for i in fields], list(fields.values())
             if cursor == 0:
                 return
 
@@ -82,7 +81,7 @@ class VectorStore:
         if not ids:
             return []
         raw = self._r.hmget(self._k.vitem(user), [str(i) for i in ids])
-        return [_s(r) if r is not None else None for r in raw]
+        return [text(r) if r is not None else None for r in raw]
 
     def describe(self, user: str, ids: list[int]) -> list[tuple[str | None, str]]:
         """(item, caption) for each vector id, in one round trip."""
@@ -91,7 +90,7 @@ class VectorStore:
         vitem, caption = self._k.vitem(user), self._k.caption(user)
         script = self._describe
         raw = script(keys=[vitem, caption], args=[str(i) for i in ids])
-        return [(_s(it) if it else None, _s(c) if c else "") for it, c in raw]
+        return [(text(it) if it else None, text(c) if c else "") for it, c in raw]
 
     def ids_for(self, user: str, items: list[str]) -> list[int | None]:
         if not items:
@@ -103,7 +102,7 @@ class VectorStore:
         if not items:
             return []
         raw = self._r.hmget(self._k.caption(user), items)
-        return [_s(r) if r is not None else "" for r in raw]
+        return [text(r) if r is not None else "" for r in raw]
 
     def write_raw(self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes]]) -> None:
         """Bulk-load vectors straight into the store (benchmarks and imports, not the queue)."""

@@ -183,6 +183,17 @@ def test_deleting_a_queued_item_removes_it_and_unknown_items_are_404(service: Se
         assert r.status_code == 404 and "not in your queue" in r.json()["detail"]
 
 
+def test_deleting_an_item_that_is_already_done_is_a_409_and_keeps_it(service: Service) -> None:
+    _, h = service.new_user()
+    [item] = upload_zip(service, h, make_zip({"kept.jpg": make_jpeg((3, 99, 3))})).json()["queued"]
+    wait_settled(service, h, 1)
+    with service.client() as c:
+        r = c.delete(f"/queue/{item}", headers=h)
+        assert r.status_code == 409 and "done" in r.json()["detail"]
+        assert c.get("/done", headers=h).json() == {"done_images": [item]}
+        assert c.get(f"/image/{item}", headers=h).status_code == 200
+
+
 def test_reset_clears_the_callers_space_and_nothing_else(
     service: Service, victim: tuple[str, dict[str, str], list[str]]
 ) -> None:
@@ -240,3 +251,26 @@ def test_a_declared_oversized_body_is_refused_with_413_before_it_is_read(service
         reply = b"".join(chunks).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413"), reply[:200]
     assert "max_upload_bytes" in reply
+
+
+def test_a_queued_item_deleted_over_http_is_gone_with_the_spec_message(service: Service) -> None:
+    """The item is placed in the queue without waking the dispatcher, so it stays queued."""
+    import json
+
+    from lumen.storage import Stores
+
+    user, h = service.new_user()
+    stores = Stores(service.settings)
+    item = f"uploads/{user}/waiting.jpg"
+    pipe = stores.redis.pipeline()
+    pipe.rpush(stores.keys.queue(user), item)
+    pipe.hset(stores.keys.meta(user), item, json.dumps({"sha256": "w"}))
+    pipe.hset(stores.keys.sha(user), "w", item)
+    pipe.execute()
+    with service.client() as c:
+        r = c.delete(f"/queue/{item}", headers=h)
+        assert r.status_code == 200
+        assert r.json() == {"message": f"Removed 1 occurrence(s) of {item} from queue."}
+        assert c.delete(f"/queue/{item}", headers=h).status_code == 404
+    st = status_snapshot(service, h)
+    assert st["queue"] == 0 and item not in st["done"] + st["processing"]
