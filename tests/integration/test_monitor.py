@@ -112,7 +112,7 @@ def test_chaos_ingest_loses_nothing_and_indexes_each_item_once(service: Service)
     ids = ray.get(shard.ids.remote(user))
     assert stores.vectors.count(user) == n and len(ids) == n and len(set(ids)) == n
     events = stores.events.list()
-    dead = [e for e in events if e["type"] == "worker_dead"]
+    dead = [e for e in events if e["type"] == "worker_dead" and e.get("user") == user]
     assert dead and all(set(e["requeued"]) <= set(body["queued"]) for e in dead)
     assert any(e["requeued"] for e in dead)
     statuses = {(w, v["status"]) for view in views for w, v in view.items()}
