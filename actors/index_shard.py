@@ -33,7 +33,7 @@ class IndexShard:
             vectors = {
                 item: decode_vectors([blob], dim)[0] for item, blob, _ in rows if item in committed
             }
-            self.registry.add(user, dim, committed, vectors)
+            self.registry.add(user, committed, vectors)
         return committed
 
     def search(self, user: str, query: bytes, k: int) -> list[Hit]:

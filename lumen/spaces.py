@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -50,7 +50,6 @@ class Space:
     images: UserIndex
     pdf_pages: UserIndex
     bm25: BM25Index | None = None
-    pdf_ids: set[int] = field(default_factory=set)
 
 
 class SpaceRegistry:
@@ -95,13 +94,10 @@ class SpaceRegistry:
             by_id = np.argsort(ids)
             rows = by_id[np.searchsorted(ids, pdf_ids, sorter=by_id)]
             space.pdf_pages.upsert(pdf_ids, vecs[rows])
-            space.pdf_ids = set(pdf_ids.tolist())
         self.spaces[user] = space
         return space
 
-    def add(
-        self, user: str, dim: int, committed: dict[str, int], vectors: dict[str, np.ndarray]
-    ) -> None:
+    def add(self, user: str, committed: dict[str, int], vectors: dict[str, np.ndarray]) -> None:
         """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated)."""
         space = self.load(user)
         if space is None or not committed:
@@ -113,7 +109,6 @@ class SpaceRegistry:
         pdf = np.array([is_pdf_page(user, i) for i in items], dtype=bool)
         if pdf.any():
             space.pdf_pages.upsert(ids[pdf], vecs[pdf])
-            space.pdf_ids.update(ids[pdf].tolist())
             space.bm25 = None
 
     def drop(self, user: str) -> None:

@@ -110,20 +110,6 @@ def extract_images(
     return result
 
 
-def save_single_image(
-    src: Path, dest_dir: Path, name: str, limits: LimitSettings
-) -> ExtractedImage:
-    """Store one uploaded image file in `dest_dir` under a safe, unique version of `name`."""
-    size = src.stat().st_size
-    if size > limits.max_image_bytes:
-        raise LimitExceeded(
-            f"'{name}' is {size} bytes; the limit is {limits.max_image_bytes}", "max_image_bytes"
-        )
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    with src.open("rb") as handle:
-        return _store(handle, name, dest_dir, limits, check=lambda _n: None, what=f"'{name}'")
-
-
 def _open_zip(zip_path: Path | BinaryIO) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(zip_path)

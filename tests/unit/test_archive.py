@@ -16,7 +16,6 @@ from lumen.ingest.archive import (
     claim_unique_path,
     extract_images,
     safe_stem,
-    save_single_image,
 )
 from lumen.ingest.images import ImageFormat
 from tests.support import hostile
@@ -259,31 +258,6 @@ def test_hostile_zip_corpus_gets_its_documented_outcome(
     if case.limit:
         assert caught.value.limit == case.limit  # type: ignore[attr-defined]
     assert not any(p.is_file() for p in user_dir.glob("*"))
-
-
-def test_single_upload_is_stored_under_a_safe_unique_name(tmp_path: Path, user_dir: Path) -> None:
-    src = tmp_path / "incoming"
-    src.write_bytes(make_heic())
-    first = save_single_image(src, user_dir, "../My Photo.HEIC", LIMITS)
-    second = save_single_image(src, user_dir, "../My Photo.HEIC", LIMITS)
-    assert (first.path.name, second.path.name) == ("My Photo.heic", "My Photo_1.heic")
-    assert first.format is ImageFormat.HEIC
-    assert first.path.parent == user_dir
-
-
-def test_single_upload_of_text_is_refused(tmp_path: Path, user_dir: Path) -> None:
-    src = tmp_path / "incoming"
-    src.write_bytes(b"not an image at all")
-    with pytest.raises(InvalidUpload, match="'x.jpg' is not a JPEG"):
-        save_single_image(src, user_dir, "x.jpg", LIMITS)
-
-
-def test_single_upload_over_pixel_limit_is_refused(tmp_path: Path, user_dir: Path) -> None:
-    src = tmp_path / "incoming"
-    src.write_bytes(make_jpeg(size=(100, 100)))
-    with pytest.raises(LimitExceeded):
-        save_single_image(src, user_dir, "x.jpg", LimitSettings(max_image_pixels=100))
-    assert _all_files(user_dir) == []
 
 
 def test_safe_stem_never_makes_hidden_or_empty_names() -> None:
