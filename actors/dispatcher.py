@@ -126,24 +126,20 @@ class Dispatcher:
 
     async def _commit(self, user: str, results: list[EmbedResult]) -> None:
         shard = get_index_shard(self.settings, shard_for(user, self.settings.queue.index_shards))
-        rows = [(r.item, r.vector, r.caption) for r in results if r.vector is not None]
-        info = await self._model_info()
-        try:
-            committed = await shard.commit.remote(user, info["model_id"], info["dim"], rows)
-        except ModelMismatch as exc:  # retrying cannot help: the items error out with why
-            await asyncio.to_thread(
-                self._fail, user, [(r.item, exc.message[:500], True) for r in results]
-            )
-            return
-        self.processed += len(committed)
-        if committed:
-            metrics.items_done().inc(len(committed))
-
-    async def _model_info(self) -> dict[str, object]:
-        if not hasattr(self, "_info"):
-            handle = serve.get_deployment_handle("Embedder", self.settings.app_name)
-            self._info = await handle.model_info.remote()
-        return self._info
+        by_model: dict[tuple[str, int], list[EmbedResult]] = defaultdict(list)
+        for r in results:  # one model normally; two while a redeploy rolls replicas over
+            by_model[(r.model_id, r.dim)].append(r)
+        for (model_id, dim), group in by_model.items():
+            rows = [(r.item, r.vector, r.caption) for r in group if r.vector is not None]
+            try:
+                committed = await shard.commit.remote(user, model_id, dim, rows)
+            except ModelMismatch as exc:  # retrying cannot help: the items error out with why
+                failed = [(r.item, exc.message[:500], True) for r in group]
+                await asyncio.to_thread(self._fail, user, failed)
+                continue
+            self.processed += len(committed)
+            if committed:
+                metrics.items_done().inc(len(committed))
 
     def _fail(self, user: str, failed: list[tuple[str, str, bool]]) -> None:
         q = self.stores.queue

@@ -108,6 +108,3 @@ class Embedder:
         tensor = await asyncio.to_thread(self.core.decode_bytes, data)
         vectors, _ = await asyncio.to_thread(self.core.embed_tensors, [tensor])
         return encode_vector(vectors[0])
-
-    def model_info(self) -> dict[str, Any]:
-        return {"model_id": self.core.model_id, "dim": self.core.dim, "worker": self.worker_id}

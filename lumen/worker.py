@@ -31,6 +31,8 @@ class EmbedResult:
     caption: str = ""
     error: str | None = None
     permanent: bool = False  # True: retrying cannot help (corrupt or refused input)
+    model_id: str = ""  # the model that made `vector`: an index never mixes models
+    dim: int = 0
 
 
 class EmbedderCore:
@@ -76,7 +78,10 @@ class EmbedderCore:
         return self.model.encode_texts(texts)
 
     def result(self, user: str, item: str, vector: np.ndarray, caption: str) -> EmbedResult:
-        return EmbedResult(user, item, self.worker_id, encode_vector(vector), caption)
+        return EmbedResult(
+            user, item, self.worker_id, encode_vector(vector), caption,
+            model_id=self.model_id, dim=self.dim,
+        )  # fmt: skip
 
     def failure(self, user: str, item: str, exc: BaseException) -> EmbedResult:
         permanent = isinstance(exc, LumenError | FileNotFoundError)
