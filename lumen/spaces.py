@@ -85,7 +85,7 @@ class SpaceRegistry:
                 nprobe=ix.ivf_nprobe,
             )  # fmt: skip
         space = Space(dim=info.dim, images=images, pdf_pages=self._new_index(info.dim))
-        pdf_items = list(self.stores.queue.pdf_texts(user))
+        pdf_items = self.stores.queue.pdf_items(user)
         pdf_ids = np.array(
             [i for i in self.stores.vectors.ids_for(user, pdf_items) if i is not None],
             dtype=np.int64,

@@ -182,6 +182,10 @@ class QueueStore:
         raw = self._r.hmget(self._k.meta(user), items)
         return [json.loads(r) if r is not None else None for r in raw]
 
+    def pdf_items(self, user: str) -> list[str]:
+        """PDF page items (the keys of the page-text hash, without reading the texts)."""
+        return [text(k) for k in self._r.hkeys(self._k.pdftext(user))]
+
     def pdf_texts(self, user: str) -> dict[str, str]:
         return text_map(self._r.hgetall(self._k.pdftext(user)))
 

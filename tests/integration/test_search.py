@@ -105,6 +105,9 @@ def test_search_without_query_or_image_and_with_bad_inputs_is_a_4xx(service: Ser
     assert search(service, h, query="x" * 5000).status_code == 413
     r = search(service, h, image=b"this is not an image")
     assert r.status_code == 400, r.text
+    huge = b"\x89PNG" + bytes(service.settings.limits.max_search_image_bytes)
+    r = search(service, h, image=huge)
+    assert r.status_code == 413 and r.json()["limit"] == "max_search_image_bytes"
 
 
 def test_search_on_an_empty_space_returns_no_results(service: Service) -> None:
