@@ -46,6 +46,7 @@ class LimitSettings(BaseModel):
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
     max_image_bytes: int = 100 * 1024**2
     max_pdf_pages: int = 500
+    max_pdf_text_chars: int = 20_000  # per page; longer page texts are cut when stored
     pdf_dpi: int = 150
     pdf_timeout_s: float = 120.0
     max_query_chars: int = 1_000
@@ -53,6 +54,11 @@ class LimitSettings(BaseModel):
     # /status lists at most this many items per state (the spec's fields, nothing added)
     max_status_items: int = 10_000
     max_search_image_bytes: int = 20 * 1024**2
+    # Per-user storage quota (stored file bytes and items; 0 = unlimited), enforced per member.
+    user_max_bytes: int = 20 * 1024**3
+    user_max_items: int = 200_000
+    # Uploads are refused (507) when the data dir's disk has less free space than this.
+    min_free_bytes: int = 1024**3
 
 
 class AuthSettings(BaseModel):

@@ -5,12 +5,14 @@
     │   ├── InvalidUpload          400  an archive, image or PDF we cannot or will not read
     │   └── ModelMismatch          409  an index built with another model/dimension
     ├── LimitExceeded              413  an input is over a configured limit (names the limit)
+    │   └── QuotaExceeded          413  the user's storage quota (bytes or items) is full
     ├── Unauthorized               401  missing, expired or forged credentials
     ├── Forbidden                  403  authenticated, but not allowed
     ├── NotFound                   404  no such thing in the caller's space
     ├── Conflict                   409  the thing already exists
     ├── TooManyRequests            429  slow down (carries retry_after_s)
-    └── ServiceUnavailable         503  a dependency (Ray, Redis, a model) is not answering
+    ├── ServiceUnavailable         503  a dependency (Ray, Redis, a model) is not answering
+    └── InsufficientStorage        507  the server's data disk is below its free-space floor
 
 Fields live in `args` so instances survive pickling across Ray.
 """
@@ -69,6 +71,13 @@ class LimitExceeded(LumenError):
         return str(self.args[1])
 
 
+class QuotaExceeded(LimitExceeded):
+    """The user's storage quota is full; args: (message, setting name)."""
+
+    code = "quota_exceeded"
+    status = 413
+
+
 class Unauthorized(LumenError):
     """Missing, expired or forged credentials."""
 
@@ -116,3 +125,10 @@ class ServiceUnavailable(LumenError):
 
     code = "service_unavailable"
     status = 503
+
+
+class InsufficientStorage(LumenError):
+    """The server's data disk is below its free-space floor; nothing was stored."""
+
+    code = "insufficient_storage"
+    status = 507
