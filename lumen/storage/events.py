@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from lumen.events import EventKind
 from lumen.keys import Keys
 from lumen.storage.text import text
 
@@ -20,8 +21,9 @@ class EventStore:
         self._k = keys
         self._cap = cap
 
-    def record(self, kind: str, **fields: Any) -> dict[str, Any]:
-        event = {"ts": int(time.time()), "type": kind, **fields}
+    def record(self, kind: EventKind, **fields: Any) -> dict[str, Any]:
+        """Append an event; its `type` on the wire is the kind's string value."""
+        event = {"ts": int(time.time()), "type": str(kind), **fields}
         pipe = self._r.pipeline(transaction=True)
         pipe.lpush(self._k.events, json.dumps(event))
         pipe.ltrim(self._k.events, 0, self._cap - 1)
@@ -36,20 +38,43 @@ class EventStore:
         self._r.delete(self._k.events)
 
 
-class HeartbeatStore:
-    """Each worker's latest metrics, keyed by its stable id."""
+# KEYS: heartbeat hash. ARGV: worker, metrics JSON, cutoff (epoch s), ttl (s).
+# Writes one beat, drops every beat older than the cutoff (or without a readable `ts`) and
+# lets the whole hash expire `ttl` after the last beat, so gone workers disappear by
+# themselves, even when no worker is left to beat.
+_BEAT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local cutoff = tonumber(ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, beat = pcall(cjson.decode, all[i + 1])
+  local ts = nil
+  if ok and type(beat) == 'table' then ts = tonumber(beat['ts']) end
+  if ts == nil or ts < cutoff then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+
+class HeartbeatStore:
+    """Each worker's latest metrics, keyed by its stable id; beats expire after `ttl_s`."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: float = 600.0) -> None:
         self._r = client
         self._k = keys
+        self._ttl_s = max(1, int(ttl_s))
+        self._beat = client.register_script(_BEAT)
 
-    def beat(self, worker: str, metrics: dict[str, Any]) -> None:
-        self._r.hset(self._k.heartbeat, worker, json.dumps(metrics))
+    def beat(self, worker: str, metrics: dict[str, Any], now: float | None = None) -> None:
+        """Store `worker`'s metrics (with `ts`, added when missing) and prune old beats."""
+        now = time.time() if now is None else now
+        beat = {**metrics, "ts": metrics.get("ts", int(now))}
+        self._beat(
+            keys=[self._k.heartbeat],
+            args=[worker, json.dumps(beat), now - self._ttl_s, self._ttl_s],
+        )
 
     def all(self) -> dict[str, dict[str, Any]]:
         raw = self._r.hgetall(self._k.heartbeat)
         return {text(k): json.loads(v) for k, v in dict(raw).items()}
-
-    def forget(self, workers: list[str]) -> None:
-        if workers:
-            self._r.hdel(self._k.heartbeat, *workers)
