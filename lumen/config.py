@@ -49,6 +49,9 @@ class LimitSettings(BaseModel):
     max_pdf_text_chars: int = 20_000  # per page; longer page texts are cut when stored
     pdf_dpi: int = 150
     pdf_timeout_s: float = 120.0
+    # The PDF render child's address space (RLIMIT_AS) and CPU time (RLIMIT_CPU); 0 = no limit
+    pdf_max_memory_bytes: int = 2 * 1024**3
+    pdf_cpu_s: float = 120.0
     max_query_chars: int = 1_000
     max_top_k: int = 100
     # /status lists at most this many items per state (the spec's fields, nothing added)

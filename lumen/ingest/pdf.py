@@ -7,6 +7,12 @@ failed render leaves no pages behind. Finished pages are moved to `{stem}_page_0
 (wider numbers past 999 pages); when `{stem}_page_*` files already exist the whole
 document moves to `{stem}_1`, `{stem}_2`, ... Page files are claimed with O_EXCL, so
 nothing is ever overwritten.
+
+The child runs with an environment that holds no secrets (`child_env`: a short allow-list,
+never `LUMEN_*`, `REDIS_URL` or API keys) and, before it touches the PDF, caps its own
+address space and CPU time (`apply_limits`: `pdf_max_memory_bytes`, `pdf_cpu_s`). The limits
+are set by the child itself rather than through `preexec_fn`, which is unsafe in a process
+with threads (the ingress renders on a thread pool).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import io
 import json
 import math
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +45,10 @@ JPEG_QUALITY = 90
 MAX_JPEG_SIDE = 65_000  # JPEG cannot store a side longer than 65535 pixels
 _RESULT_PREFIX = "LUMEN-PDF-RESULT "
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# The only variables the render child inherits: what Python, locale and temp files need.
+CHILD_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+CHILD_ENV_PREFIXES = ("LC_",)
+_CPU_GRACE_S = 5  # between SIGXCPU (soft limit) and SIGKILL (hard limit)
 
 
 @dataclass(frozen=True)
@@ -99,24 +112,68 @@ def _run_worker(pdf_path: Path, staging: Path, limits: LimitSettings) -> list[Re
         "dpi": limits.pdf_dpi,
         "max_pixels": limits.max_image_pixels,
         "max_pages": limits.max_pdf_pages,
+        "max_memory_bytes": limits.pdf_max_memory_bytes,
+        "cpu_s": limits.pdf_cpu_s,
     }
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "lumen.ingest.pdf", json.dumps(job)],
             capture_output=True,
             text=True,
             timeout=limits.pdf_timeout_s,
-            env=env,
+            env=child_env(os.environ),
         )
     except subprocess.TimeoutExpired as exc:
         raise InvalidUpload(f"PDF took longer than {limits.pdf_timeout_s:g} s to render") from exc
-    return _parse_result(proc)
+    return _parse_result(proc, limits)
 
 
-def _parse_result(proc: subprocess.CompletedProcess[str]) -> list[RenderedPage]:
+def child_env(parent: Mapping[str, str]) -> dict[str, str]:
+    """The render child's environment: the allow-listed names of `parent`, and PYTHONPATH.
+
+    Nothing else passes: no `LUMEN_*` settings, no `REDIS_URL`, no API keys or tokens.
+    """
+    env = {
+        name: value
+        for name, value in parent.items()
+        if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)
+    }
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(_PACKAGE_ROOT), parent.get("PYTHONPATH")])
+    )
+    return env
+
+
+def apply_limits(max_memory_bytes: int, cpu_s: float) -> None:
+    """Cap this process's address space and CPU seconds (0 leaves a limit as it is).
+
+    Only lowers limits: a hard limit already below the request is kept.
+    """
+    if max_memory_bytes > 0:
+        _lower(resource.RLIMIT_AS, max_memory_bytes, max_memory_bytes)
+    if cpu_s > 0:
+        soft = max(1, math.ceil(cpu_s))
+        _lower(resource.RLIMIT_CPU, soft, soft + _CPU_GRACE_S)
+    _lower(resource.RLIMIT_CORE, 0, 0)  # a crashing hostile PDF leaves no core file
+
+
+def _lower(which: int, soft: int, hard: int) -> None:
+    _, current_hard = resource.getrlimit(which)
+    if current_hard != resource.RLIM_INFINITY:
+        hard = min(hard, current_hard)
+        soft = min(soft, hard)
+    resource.setrlimit(which, (soft, hard))
+
+
+def _parse_result(
+    proc: subprocess.CompletedProcess[str], limits: LimitSettings
+) -> list[RenderedPage]:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_RESULT_PREFIX)]
+    if not lines and proc.returncode == -signal.SIGXCPU:
+        raise LimitExceeded(
+            f"the PDF needs more than {limits.pdf_cpu_s:g} CPU seconds to render",
+            "pdf_cpu_s",
+        )
     if not lines:
         detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         raise InvalidUpload(f"the PDF could not be rendered ({detail[0]})")
@@ -185,6 +242,8 @@ def _render_page(pymupdf: Any, page: Any, path: Path, dpi: int, max_pixels: int)
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
         img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         text = page.get_text()
+    except MemoryError:
+        raise  # the address-space limit: reported as a limit, not as a damaged page
     except Exception as exc:
         raise InvalidUpload(f"page {number} of the PDF cannot be rendered: {exc}") from exc
     buffer = io.BytesIO()
@@ -197,6 +256,7 @@ def _render_page(pymupdf: Any, page: Any, path: Path, dpi: int, max_pixels: int)
 
 def _worker_main(job_json: str) -> dict[str, Any]:
     job = json.loads(job_json)
+    apply_limits(int(job.get("max_memory_bytes", 0)), float(job.get("cpu_s", 0)))
     try:
         pages = render_in_process(
             Path(job["pdf"]),
@@ -209,6 +269,13 @@ def _worker_main(job_json: str) -> dict[str, Any]:
         return {"error": "limit", "message": exc.message, "limit": exc.limit}
     except InvalidUpload as exc:
         return {"error": "invalid", "message": exc.message}
+    except MemoryError:
+        limit = int(job.get("max_memory_bytes", 0))
+        return {
+            "error": "limit",
+            "message": f"the PDF needs more than {limit / 1024**2:.0f} MiB of memory to render",
+            "limit": "pdf_max_memory_bytes",
+        }
     return {"error": None, "pages": [asdict(p) | {"path": str(p.path)} for p in pages]}
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pymupdf
@@ -11,7 +16,7 @@ from PIL import Image
 
 from lumen.config import LimitSettings
 from lumen.errors import InvalidUpload, LimitExceeded
-from lumen.ingest.pdf import page_zoom, render_pdf, sniff_pdf
+from lumen.ingest.pdf import _parse_result, child_env, page_zoom, render_pdf, sniff_pdf
 from tests.support import hostile
 from tests.support.hostile import HOSTILE_PDFS, HostileCase, make_pdf
 
@@ -143,3 +148,92 @@ def test_page_zoom_keeps_dpi_for_normal_pages_and_shrinks_huge_ones() -> None:
     assert page_zoom(595, 842, 150, 89_478_485) == pytest.approx(150 / 72)
     zoom = page_zoom(14_400, 14_400, 150, 1_000_000)
     assert (14_400 * zoom) ** 2 <= 1_000_000
+
+
+# ---- the render child: no secrets in its environment, capped memory and CPU ----
+
+SECRETS = {
+    "LUMEN_REDIS__URL": "redis://:hunter2@10.0.0.5:6379/0",
+    "LUMEN_AUTH__JWT_SECRET": "j" * 48,
+    "LUMEN_GEMINI__API_KEY": "AIza-secret-gemini",
+    "REDIS_URL": "redis://:hunter2@10.0.0.5:6379/0",
+    "GEMINI_API_KEY": "AIza-secret-gemini",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret",
+}
+
+
+def test_child_env_keeps_only_the_allow_list_and_adds_the_package_to_pythonpath() -> None:
+    parent = {**SECRETS, "PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "HOME": "/h"}
+    env = child_env(parent)
+    assert not set(SECRETS) & set(env)
+    assert {k: env[k] for k in ("PATH", "LANG", "LC_ALL", "HOME")} == {
+        "PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "HOME": "/h",
+    }  # fmt: skip
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parents[2])
+
+
+def test_the_real_render_child_sees_no_secrets(
+    tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dump = tmp_path / "child-env.txt"
+    spy = tmp_path / "python-spy"
+    spy.write_text(f'#!/bin/sh\nenv > "{dump}"\nexec "{sys.executable}" "$@"\n')
+    spy.chmod(spy.stat().st_mode | stat.S_IEXEC)
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "executable", str(spy))
+    pages = render_pdf(_pdf(tmp_path, make_pdf(["hello"])), out_dir, "doc", LIMITS)
+    seen = dump.read_text()
+    assert len(pages) == 1 and "PATH=" in seen  # the spy ran, and it was the real child
+    assert not [v for v in SECRETS.values() if v in seen]
+    assert "LUMEN_" not in seen and "REDIS" not in seen
+
+
+def _limited_child(
+    code: str, max_memory_bytes: int, cpu_s: float
+) -> subprocess.CompletedProcess[str]:
+    prelude = (
+        f"from lumen.ingest.pdf import apply_limits\napply_limits({max_memory_bytes}, {cpu_s})\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(os.environ),
+    )
+
+
+def test_the_address_space_limit_stops_a_big_allocation() -> None:
+    code = (
+        "import resource\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0])\n"
+        "try:\n    bytearray(1024**3)\nexcept MemoryError:\n    print('refused')\n"
+    )
+    proc = _limited_child(code, 512 * 1024**2, 0)
+    assert proc.stdout.split() == [str(512 * 1024**2), "refused"], proc.stderr
+
+
+def test_the_cpu_limit_ends_a_child_that_spins() -> None:
+    proc = _limited_child("while True:\n    pass\n", 0, 1)
+    assert proc.returncode == -signal.SIGXCPU
+
+
+def test_a_child_ended_by_the_cpu_limit_is_reported_as_that_limit() -> None:
+    proc = subprocess.CompletedProcess(["python"], -signal.SIGXCPU, stdout="", stderr="")
+    with pytest.raises(LimitExceeded) as caught:
+        _parse_result(proc, LimitSettings(pdf_cpu_s=3))
+    assert caught.value.limit == "pdf_cpu_s" and "3 CPU seconds" in caught.value.message
+
+
+def test_a_page_too_big_for_the_memory_limit_is_a_limit_not_a_crash(
+    tmp_path: Path, out_dir: Path
+) -> None:
+    doc = pymupdf.open()
+    page = doc.new_page(width=14_400, height=14_400)  # ~89 M pixels: ~1 GB to render
+    page.insert_text((100, 100), "billboard", fontsize=200)
+    pdf = _pdf(tmp_path, doc.tobytes())
+    with pytest.raises(LimitExceeded) as caught:
+        render_pdf(pdf, out_dir, "x", LimitSettings(pdf_max_memory_bytes=640 * 1024**2))
+    assert caught.value.limit == "pdf_max_memory_bytes"
+    assert _files(out_dir) == []
