@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -72,9 +73,30 @@ class AuthSettings(BaseModel):
     token_ttl_s: int = 24 * 3600
     min_password_chars: int = 8
     max_password_chars: int = 1024
+    # Failed logins are counted per (username, client address) and per client address, never
+    # per username alone, so nobody can lock an account's owner out from elsewhere.
     login_max_failures: int = 5
+    login_max_failures_per_address: int = 30
     login_window_s: int = 900
     admin_users: list[str] = Field(default_factory=list)
+    # Peers (IPs or CIDRs) whose X-Forwarded-For is believed; empty: the TCP peer is the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # False: POST /signup answers 403 and operators run `lumen admin create-user`.
+    public_signup: bool = True
+    signup_per_address: int = 10
+    signup_window_s: int = 3600
+    image_link_ttl_s: int = 3600
+    stream_ticket_ttl_s: int = 60
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _parse_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"auth.trusted_proxies: {entry!r} is not an IP or CIDR") from exc
+        return [entry.strip() for entry in value]
 
     @field_validator("jwt_secret")
     @classmethod
@@ -129,6 +151,24 @@ class MonitorSettings(BaseModel):
     sse_heartbeat_s: float = 10.0
 
 
+class ExecutorSize(BaseModel):
+    """One bounded thread pool: `workers` threads and at most `queue` calls waiting."""
+
+    workers: int = Field(default=2, ge=1)
+    queue: int = Field(default=16, ge=0)
+
+
+class ExecutorSettings(BaseModel):
+    """Blocking work per kind on its own pool, so a flood of one kind never starves another."""
+
+    password: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=2, queue=16))
+    pdf: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=2, queue=8))
+    gemini: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=8, queue=32))
+    blocking: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=16, queue=256))
+    # The Retry-After a caller gets when a pool is full.
+    busy_retry_after_s: int = 1
+
+
 class Settings(BaseSettings):
     """Everything a deployment, actor or command needs to know, in one place."""
 
@@ -149,6 +189,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     gemini: GeminiSettings = Field(default_factory=GeminiSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @property
     def uploads_dir(self) -> Path:

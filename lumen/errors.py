@@ -8,10 +8,12 @@
     │   └── QuotaExceeded          413  the user's storage quota (bytes or items) is full
     ├── Unauthorized               401  missing, expired or forged credentials
     ├── Forbidden                  403  authenticated, but not allowed
+    │   └── SignupClosed           403  public signup is off; an operator creates accounts
     ├── NotFound                   404  no such thing in the caller's space
     ├── Conflict                   409  the thing already exists
     ├── TooManyRequests            429  slow down (carries retry_after_s)
     ├── ServiceUnavailable         503  a dependency (Ray, Redis, a model) is not answering
+    │   └── Busy                   503  a bounded pool is full; retry soon (carries retry_after_s)
     └── InsufficientStorage        507  the server's data disk is below its free-space floor
 
 Fields live in `args` so instances survive pickling across Ray.
@@ -92,6 +94,12 @@ class Forbidden(LumenError):
     status = 403
 
 
+class SignupClosed(Forbidden):
+    """Public signup is switched off; an operator creates accounts with the CLI."""
+
+    code = "signup_closed"
+
+
 class NotFound(LumenError):
     """No such thing in the caller's space."""
 
@@ -125,6 +133,19 @@ class ServiceUnavailable(LumenError):
 
     code = "service_unavailable"
     status = 503
+
+
+class Busy(ServiceUnavailable):
+    """A bounded pool is full, so the call is refused at once; args: (message, retry_after_s)."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, retry_after_s)
+
+    @property
+    def retry_after_s(self) -> int:
+        return int(self.args[1])
 
 
 class InsufficientStorage(LumenError):

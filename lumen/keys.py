@@ -116,3 +116,7 @@ class Keys:
             self.vitem(user),
             self.vinfo(user),
         ]
+
+    def throttle(self, subject: str) -> str:
+        """An attempt counter with a TTL; `subject` is e.g. `login:{addr}`, `signup:{addr}`."""
+        return f"{self.ns}:throttle:{subject}"

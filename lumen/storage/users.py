@@ -1,4 +1,4 @@
-"""Accounts and login throttling in Redis."""
+"""Accounts (a hash per user, with a reset epoch) and attempt counters for throttling, in Redis."""
 
 from __future__ import annotations
 
@@ -9,13 +9,31 @@ import redis
 from lumen.keys import Keys
 from lumen.storage.text import text
 
+# HINCRBY on a missing hash would create a half account; bump only an existing one.
+_BUMP_EPOCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+
+# DECR on an expired counter would leave -1 without a TTL; undo only a live attempt.
+_FORGET_ATTEMPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('DECR', KEYS[1])
+"""
+
 
 class UserStore:
-    """Users as hashes; failed logins as expiring counters."""
+    """Implements `lumen.auth.UserStore`: users as hashes, attempts as expiring counters.
+
+    Callers validate usernames and bound subjects before they get here; nothing this class
+    is given is checked again.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._r = client
         self._k = keys
+        self._bump_epoch = client.register_script(_BUMP_EPOCH)
+        self._forget_attempt = client.register_script(_FORGET_ATTEMPT)
 
     def create(self, username: str, password_hash: str) -> bool:
         """Create the user; False when the name is taken (atomic)."""
@@ -35,22 +53,34 @@ class UserStore:
     def exists(self, username: str) -> bool:
         return bool(self._r.exists(self._k.user(username)))
 
-    def failures(self, username: str) -> tuple[int, int]:
-        """(failed attempts in the current window, seconds until the window ends)."""
-        key = self._k.login_fail(username)
-        pipe = self._r.pipeline()
-        pipe.get(key)
-        pipe.ttl(key)
-        count, ttl = pipe.execute()
-        return int(count or 0), max(int(ttl), 0)
+    def epoch(self, username: str) -> int | None:
+        """How many times the account was reset; None when there is no such account."""
+        stored, epoch = self._r.hmget(self._k.user(username), ["password_hash", "epoch"])
+        if stored is None:
+            return None
+        return int(epoch or 0)
 
-    def record_failure(self, username: str, window_s: int) -> int:
-        key = self._k.login_fail(username)
-        pipe = self._r.pipeline()
+    def bump_epoch(self, username: str) -> int | None:
+        """Count a reset; the new epoch, or None when there is no such account."""
+        value = self._bump_epoch(keys=[self._k.user(username)])
+        return int(value) if value is not None else None
+
+    def count_attempt(self, subject: str, window_s: int) -> tuple[int, int]:
+        """Count one attempt; (attempts in the window, seconds until the window ends).
+
+        The window starts with the first attempt and is not extended by later ones.
+        """
+        key = self._k.throttle(subject)
+        pipe = self._r.pipeline(transaction=True)
         pipe.incr(key)
         pipe.expire(key, window_s, nx=True)
-        count, _ = pipe.execute()
-        return int(count)
+        pipe.ttl(key)
+        count, _, ttl = pipe.execute()
+        return int(count), max(int(ttl), 0)
 
-    def clear_failures(self, username: str) -> None:
-        self._r.delete(self._k.login_fail(username))
+    def forget_attempt(self, subject: str) -> None:
+        """Undo one counted attempt (a login that succeeded is not a failure)."""
+        self._forget_attempt(keys=[self._k.throttle(subject)])
+
+    def clear_attempts(self, subject: str) -> None:
+        self._r.delete(self._k.throttle(subject))
