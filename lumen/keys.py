@@ -1,5 +1,9 @@
 """Every Redis key template, in one place (the arq habit).
 
+Lua scripts receive every key they touch from here (KEYS); none is built inside Lua. Each
+per-user key carries the user as a Redis Cluster hash tag (`lumen:queue:{alice}`), so one
+user's keys share a slot; the few cross-user keys (deadline, active, events, heartbeat) do not.
+
 Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a.jpg`):
 
     user:{u}            hash   password hash, created
@@ -10,7 +14,7 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
     done:{u}            zset   item -> completion time
     errors:{u}          hash   item -> last error message
     retries:{u}         hash   item -> retry count
-    meta:{u}            hash   item -> JSON metadata (sha256, kind, doc, page)
+    meta:{u}            hash   item -> JSON metadata (sha256, size, kind, doc, page)
     caption:{u}         hash   item -> zero-shot caption made at indexing time
     pdftext:{u}         hash   PDF page item -> the page's extracted text
     sha:{u}             hash   sha256 -> item (content dedupe)
@@ -19,6 +23,8 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
     vitem:{u}           hash   vector id -> item
     vseq:{u}            string last vector id issued
     vinfo:{u}           hash   model, dim of the user's vectors
+    usage:{u}           hash   bytes, items: the stored files of the user's items (quotas)
+    reply:{u}:{token}   string a script call's answer, kept a few minutes (idempotent retries)
     active              set    users with queued items (the dispatcher's round robin)
     events              list   monitor events, newest first (capped)
     heartbeat           hash   worker id -> JSON metrics
@@ -36,56 +42,63 @@ class Keys:
     ns: str = "lumen"
 
     def user(self, user: str) -> str:
-        return f"{self.ns}:user:{user}"
+        return f"{self.ns}:user:{{{user}}}"
 
     def login_fail(self, user: str) -> str:
-        return f"{self.ns}:login_fail:{user}"
+        return f"{self.ns}:login_fail:{{{user}}}"
 
     def queue(self, user: str) -> str:
-        return f"{self.ns}:queue:{user}"
+        return f"{self.ns}:queue:{{{user}}}"
 
     def processing(self, user: str) -> str:
-        return f"{self.ns}:processing:{user}"
+        return f"{self.ns}:processing:{{{user}}}"
 
     @property
     def deadline(self) -> str:
         return f"{self.ns}:deadline"
 
     def done(self, user: str) -> str:
-        return f"{self.ns}:done:{user}"
+        return f"{self.ns}:done:{{{user}}}"
 
     def errors(self, user: str) -> str:
-        return f"{self.ns}:errors:{user}"
+        return f"{self.ns}:errors:{{{user}}}"
 
     def retries(self, user: str) -> str:
-        return f"{self.ns}:retries:{user}"
+        return f"{self.ns}:retries:{{{user}}}"
 
     def meta(self, user: str) -> str:
-        return f"{self.ns}:meta:{user}"
+        return f"{self.ns}:meta:{{{user}}}"
 
     def caption(self, user: str) -> str:
-        return f"{self.ns}:caption:{user}"
+        return f"{self.ns}:caption:{{{user}}}"
 
     def pdftext(self, user: str) -> str:
-        return f"{self.ns}:pdftext:{user}"
+        return f"{self.ns}:pdftext:{{{user}}}"
 
     def sha(self, user: str) -> str:
-        return f"{self.ns}:sha:{user}"
+        return f"{self.ns}:sha:{{{user}}}"
 
     def vec(self, user: str) -> str:
-        return f"{self.ns}:vec:{user}"
+        return f"{self.ns}:vec:{{{user}}}"
 
     def vid(self, user: str) -> str:
-        return f"{self.ns}:vid:{user}"
+        return f"{self.ns}:vid:{{{user}}}"
 
     def vitem(self, user: str) -> str:
-        return f"{self.ns}:vitem:{user}"
+        return f"{self.ns}:vitem:{{{user}}}"
 
     def vseq(self, user: str) -> str:
-        return f"{self.ns}:vseq:{user}"
+        return f"{self.ns}:vseq:{{{user}}}"
 
     def vinfo(self, user: str) -> str:
-        return f"{self.ns}:vinfo:{user}"
+        return f"{self.ns}:vinfo:{{{user}}}"
+
+    def usage(self, user: str) -> str:
+        return f"{self.ns}:usage:{{{user}}}"
+
+    def reply(self, user: str, token: str) -> str:
+        """The remembered answer of one script call, so a resent call gets the same answer."""
+        return f"{self.ns}:reply:{{{user}}}:{token}"
 
     @property
     def active(self) -> str:
@@ -115,6 +128,7 @@ class Keys:
             self.vid(user),
             self.vitem(user),
             self.vinfo(user),
+            self.usage(user),
         ]
 
     def throttle(self, subject: str) -> str:

@@ -7,7 +7,7 @@ import redis
 from lumen.config import Settings
 from lumen.keys import Keys
 from lumen.storage.events import EventStore, HeartbeatStore
-from lumen.storage.queue import QueueStatus, QueueStore
+from lumen.storage.queue import QueueStatus, QueueStore, Usage
 from lumen.storage.users import UserStore
 from lumen.storage.vectors import VectorStore
 
@@ -17,6 +17,7 @@ __all__ = [
     "QueueStatus",
     "QueueStore",
     "Stores",
+    "Usage",
     "UserStore",
     "VectorStore",
     "connect",

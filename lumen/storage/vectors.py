@@ -22,7 +22,10 @@ class IndexInfo:
 
 
 class VectorStore:
-    """`commit` turns processing items into done items with a vector, exactly once per item."""
+    """`commit` turns processing items into done items with a vector, exactly once per item.
+
+    Idempotent: a repeated commit changes nothing and gives the same answer.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._r = client
@@ -37,7 +40,13 @@ class VectorStore:
         dim: int,
         rows: list[tuple[str, bytes, str]],
     ) -> dict[str, int]:
-        """Store (item, vector bytes, caption) rows still in processing; returns item -> id."""
+        """Store (item, vector bytes, caption) rows still in processing; returns item -> id.
+
+        The answer names every row's item that is done with exactly that row's vector bytes,
+        committed by this call or by an earlier one (a retry after a lost reply), so the
+        caller's index mirror learns of every item. Rows no longer processing (reset,
+        deleted, requeued and done by another worker with other bytes) are left out.
+        """
         k = self._k
         keys = [
             k.processing(user), k.deadline, k.done(user), k.errors(user), k.vec(user),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 
 from lumen.config import Settings
 from lumen.storage import Stores
-from lumen.storage.queue import NewItem
+from lumen.storage.queue import NewItem, Usage
 from tests.conftest import RedisServer
 
 
@@ -22,6 +23,21 @@ def stores(redis_server: RedisServer) -> Stores:
 
 def _items(user: str, n: int, prefix: str = "img") -> list[NewItem]:
     return [NewItem(f"uploads/{user}/{prefix}{i}.jpg", f"{prefix}-sha-{i}") for i in range(n)]
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def _errored(stores: Stores, user: str, items: list[NewItem]) -> list[str]:
+    """Enqueue `items` and fail them permanently; returns their names."""
+    stores.queue.enqueue(user, items)
+    claimed = stores.queue.claim(user, len(items), "w", timeout_s=30)
+    stores.queue.fail([(user, i, "broken") for i in claimed], -1)
+    return claimed
 
 
 def test_claim_moves_items_to_processing_with_worker_and_deadline(stores: Stores) -> None:
@@ -48,10 +64,9 @@ def test_same_content_is_not_queued_twice(stores: Stores) -> None:
 
 def test_claim_then_crash_requeues_after_the_deadline_with_a_retry_count(stores: Stores) -> None:
     stores.queue.enqueue("alice", _items("alice", 1))
-    [item] = stores.queue.claim("alice", 5, "doomed-worker", timeout_s=0.2)
+    [item] = stores.queue.claim("alice", 5, "doomed-worker", timeout_s=30)
     assert stores.queue.requeue_expired(max_retries=3) == []
-    time.sleep(0.3)
-    [retried] = stores.queue.requeue_expired(max_retries=3)
+    [retried] = stores.queue.requeue_expired(max_retries=3, now=time.time() + 60)
     assert (retried.user, retried.item, retried.state) == ("alice", item, "queued")
     st = stores.queue.status("alice", 100)
     assert st.queued_items == [item] and st.processing == [] and st.retries == {item: "1"}
@@ -62,9 +77,9 @@ def test_retry_limit_moves_an_item_to_errors(stores: Stores) -> None:
     stores.queue.enqueue("alice", _items("alice", 1))
     states = []
     for _ in range(3):
-        [item] = stores.queue.claim("alice", 1, "w", timeout_s=0.05)
-        time.sleep(0.1)
-        states += [r.state for r in stores.queue.requeue_expired(max_retries=2)]
+        [item] = stores.queue.claim("alice", 1, "w", timeout_s=30)
+        later = time.time() + 60
+        states += [r.state for r in stores.queue.requeue_expired(max_retries=2, now=later)]
     assert states == ["queued", "queued", "error"]
     st = stores.queue.status("alice", 100)
     assert st.queue == 0 and st.errors == {item: "task timed out"} and st.retries[item] == "3"
@@ -76,7 +91,10 @@ def test_commit_is_exactly_once_and_ignores_items_no_longer_processing(stores: S
     blob = bytes(16)
     first = stores.vectors.commit("alice", "m", 4, [(a, blob, "cap")])
     again = stores.vectors.commit("alice", "m", 4, [(a, blob, "cap")])  # a retry
-    assert list(first) == [a] and again == {}
+    assert list(first) == [a] and again == first
+    assert (
+        stores.vectors.count("alice") == 1 and stores.redis.get(stores.keys.vseq("alice")) == b"1"
+    )
     stores.queue.reset("alice")
     assert stores.vectors.commit("alice", "m", 4, [(b, blob, "cap")]) == {}  # reset won
     assert stores.vectors.count("alice") == 0 and stores.queue.done("alice") == []
@@ -123,10 +141,10 @@ def test_delete_and_reset_under_concurrent_claims_lose_and_resurrect_nothing(
     ]
     for t in threads:
         t.start()
-    time.sleep(0.05)
+    _wait_for(lambda: any(c.startswith("uploads/alice/") for c in claimed))
     stores.queue.reset("alice")
     threads[2].join()
-    time.sleep(0.2)
+    _wait_for(lambda: stores.queue.status("bob", 1).queue == 0)
     stop.set()
     for t in threads[:2]:
         t.join()
@@ -162,3 +180,137 @@ def test_vectors_from_another_model_are_refused_not_mixed(stores: Stores) -> Non
         stores.vectors.commit("alice", "model-b", 8, [(b, bytes(32), "")])
     assert stores.vectors.count("alice") == 1 and stores.queue.done("alice") == [a]
     assert stores.queue.status("alice", 10).processing == [b]  # left for a retry or an error
+
+
+def test_a_sweep_never_requeues_an_item_claimed_again_since_it_read_the_deadlines(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores.queue.enqueue("alice", _items("alice", 1))
+    [item] = stores.queue.claim("alice", 1, "w1", timeout_s=-1)  # already overdue
+    read_deadlines = stores.redis.zrangebyscore
+
+    def racing(*args: object, **kwargs: object) -> object:
+        due = read_deadlines(*args, **kwargs)
+        # between the sweep's read and its script: the item fails and is claimed afresh
+        stores.queue.fail([("alice", item, "transient")], 3)
+        stores.queue.claim("alice", 1, "w2", timeout_s=60)
+        return due
+
+    monkeypatch.setattr(stores.redis, "zrangebyscore", racing)
+    assert stores.queue.requeue_expired(max_retries=3) == []
+    st = stores.queue.status("alice", 10)
+    assert st.processing_workers == {item: "w2"} and st.queue == 0 and st.retries == {item: "1"}
+
+
+def test_a_sweep_drops_a_deadline_left_behind_by_an_item_no_longer_processing(
+    stores: Stores,
+) -> None:
+    stores.redis.zadd(stores.keys.deadline, {"alice\0uploads/alice/ghost.jpg": 1})
+    [r] = stores.queue.requeue_expired(max_retries=3)
+    assert (r.user, r.item, r.state) == ("alice", "uploads/alice/ghost.jpg", "gone")
+    assert stores.redis.zcard(stores.keys.deadline) == 0
+
+
+def test_fail_answers_in_the_order_asked_across_users(stores: Stores) -> None:
+    stores.queue.enqueue("alice", _items("alice", 2))
+    stores.queue.enqueue("bob", _items("bob", 1))
+    a0, a1 = stores.queue.claim("alice", 2, "w", timeout_s=30)
+    [b0] = stores.queue.claim("bob", 1, "w", timeout_s=30)
+    failures = [("alice", a0, "x"), ("bob", b0, "y"), ("bob", "nope", "z"), ("alice", a1, "w")]
+    assert stores.queue.fail(failures, 0) == ["error", "error", "gone", "error"]
+    assert stores.queue.status("bob", 10).errors == {b0: "y"}
+
+
+def test_usage_counts_the_bytes_and_items_of_newly_stored_items_only(stores: Stores) -> None:
+    assert stores.queue.usage("alice") == Usage(0, 0)
+    stores.queue.enqueue("alice", [NewItem("uploads/alice/a.jpg", "s1", size=1000)])
+    stores.queue.enqueue(
+        "alice",
+        [
+            NewItem("uploads/alice/b.jpg", "s2", size=20),
+            NewItem("uploads/alice/a_1.jpg", "s1", size=1000),  # a duplicate: not stored
+        ],
+    )
+    stores.queue.enqueue("bob", [NewItem("uploads/bob/a.jpg", "s1", size=7)])
+    assert stores.queue.usage("alice") == Usage(1020, 2)
+    assert stores.queue.usage("bob") == Usage(7, 1)
+
+
+def test_deleting_an_item_gives_its_usage_back_and_reset_clears_it(stores: Stores) -> None:
+    stores.queue.enqueue(
+        "alice",
+        [
+            NewItem("uploads/alice/a.jpg", "s1", size=1000),
+            NewItem("uploads/alice/b.jpg", "s2", size=5),
+        ],
+    )
+    assert stores.queue.delete_queued("alice", "uploads/alice/a.jpg") == 1
+    assert stores.queue.usage("alice") == Usage(5, 1)
+    stores.queue.reset("alice")
+    assert stores.queue.usage("alice") == Usage(0, 0)
+    assert stores.redis.exists(stores.keys.usage("alice")) == 0
+
+
+def test_retry_failed_queues_an_errored_item_again_with_a_fresh_retry_budget(
+    stores: Stores,
+) -> None:
+    [bad, other] = _errored(stores, "alice", _items("alice", 2))
+    stores.queue.enqueue("alice", _items("alice", 1, prefix="new"))
+    assert stores.queue.retry_failed("alice", bad) is True
+    assert stores.queue.retry_failed("alice", bad) is False  # a second call: no longer errored
+    assert stores.queue.retry_failed("alice", "uploads/alice/unknown.jpg") is False
+    st = stores.queue.status("alice", 10)
+    assert st.queued_items == ["uploads/alice/new0.jpg", bad]  # at the back of the queue
+    assert st.errors == {other: "broken"} and bad not in st.retries
+    assert "alice" in stores.queue.active_users()
+    assert stores.queue.claim("alice", 5, "w", timeout_s=30) == ["uploads/alice/new0.jpg", bad]
+
+
+def test_retry_all_failed_queues_every_errored_item_of_that_user_only(stores: Stores) -> None:
+    errored = _errored(stores, "alice", _items("alice", 3))
+    [bobs] = _errored(stores, "bob", _items("bob", 1))
+    assert sorted(stores.queue.retry_all_failed("alice")) == sorted(errored)
+    assert stores.queue.retry_all_failed("alice") == []
+    assert stores.queue.status("alice", 10).errors == {}
+    assert stores.queue.status("bob", 10).errors == {bobs: "broken"}
+
+
+def test_uploading_the_bytes_of_an_errored_item_again_requeues_that_item(
+    stores: Stores,
+) -> None:
+    [bad] = _errored(stores, "alice", [NewItem("uploads/alice/a.jpg", "s1", size=50)])
+    again = stores.queue.enqueue("alice", [NewItem("uploads/alice/a_1.jpg", "s1", size=50)])
+    assert again.queued == [bad]  # under its existing name
+    assert again.duplicates == {"uploads/alice/a_1.jpg": bad}  # the new copy is not kept
+    st = stores.queue.status("alice", 10)
+    assert st.queued_items == [bad] and st.errors == {} and st.retries == {}
+    assert stores.queue.usage("alice") == Usage(50, 1)
+    # the next upload of those bytes is an ordinary duplicate of the queued item
+    third = stores.queue.enqueue("alice", [NewItem("uploads/alice/a_2.jpg", "s1", size=50)])
+    assert third.queued == [] and third.duplicates == {"uploads/alice/a_2.jpg": bad}
+
+
+def test_delete_failed_removes_an_errored_item_and_its_records(stores: Stores) -> None:
+    [bad] = _errored(stores, "alice", [NewItem("uploads/alice/a.jpg", "s1", size=50)])
+    stores.queue.enqueue("alice", [NewItem("uploads/alice/b.jpg", "s2", size=5)])
+    assert stores.queue.delete_failed("alice", "uploads/alice/b.jpg") == 0  # queued, not failed
+    assert stores.queue.delete_queued("alice", bad) == 0  # failed, not queued
+    assert stores.queue.delete_failed("alice", bad) == 1
+    assert stores.queue.state_of("alice", bad) is None
+    assert stores.queue.status("alice", 10).errors == {}
+    assert stores.queue.usage("alice") == Usage(5, 1)
+    # its bytes are new content again
+    again = stores.queue.enqueue("alice", [NewItem("uploads/alice/a.jpg", "s1", size=50)])
+    assert again.queued == ["uploads/alice/a.jpg"] and again.duplicates == {}
+
+
+def test_every_user_key_carries_the_user_as_a_cluster_hash_tag(stores: Stores) -> None:
+    k = stores.keys
+    per_user = [
+        *k.user_keys("alice"),
+        k.user("alice"),
+        k.login_fail("alice"),
+        k.reply("alice", "t"),
+    ]
+    assert all("{alice}" in key for key in per_user)
+    assert k.queue("alice") == f"{k.ns}:queue:{{alice}}"
