@@ -4,10 +4,12 @@ Rules, in the order they are applied:
 
 - The archive as a whole is refused (InvalidUpload) when it is not a ZIP, is damaged or
   truncated, has no members, or has any encrypted member; and (LimitExceeded, naming the
-  limit) when it has more than `max_zip_members` members, declares more than
-  `max_uncompressed_bytes` in total, or any member over 1 MiB declares a compression ratio
-  above `max_compression_ratio`. The same limits are enforced again on the bytes actually
-  decompressed, because headers can lie.
+  limit) when it has more than `max_zip_members` members (counted from the end records
+  before the directory is loaded, see `zipdir`), declares more than `max_uncompressed_bytes`
+  in total, expands as a whole more than `max_compression_ratio` times its own size (past
+  1 MiB), or any member over 4 KiB declares a compression ratio above it. The same limits
+  are enforced again on the bytes actually decompressed, because headers can lie. A refused
+  archive leaves nothing behind: images already stored from it are removed.
 - Directories, hidden entries (any path component starting with '.') and `__MACOSX/` are
   skipped silently.
 - Symbolic links, absolute paths, drive letters and `..` components are skipped with a
@@ -16,6 +18,11 @@ Rules, in the order they are applied:
 - Nested archives, members that are not JPEG/PNG/HEIC (sniffed from bytes), members over
   `max_image_bytes` or `max_image_pixels`, and damaged members are skipped with a reason;
   the rest of the archive is still extracted.
+- Bytes after an image's end (JPEG EOI, PNG IEND, HEIC's last box) are not stored, so zero
+  padding never takes disk; the hash is that of the stored bytes.
+- With an `Allowance` (per-user quota, free-space floor), members are stored in archive
+  order until one does not fit; it and every later member are skipped with the stop's
+  reason ("quota exceeded"), and `ExtractResult.stopped_by` names the setting.
 
 Names keep unicode letters and digits, `-`, `_`, `.` and space; anything else becomes `_`,
 and names are capped at 150 UTF-8 bytes. The extension is the original one lowercased when
@@ -40,14 +47,19 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from lumen.errors import InvalidUpload, LimitExceeded
-from lumen.ingest.images import ImageFormat, sniff_format, validate_image_file
+from lumen.ingest.images import ImageFormat, sniff_format, trim_after_end, validate_image_file
+from lumen.ingest.zipdir import survey_zip
+from lumen.quota import Allowance, UploadStopped
 
 if TYPE_CHECKING:
     from lumen.config import LimitSettings
 
 CHUNK_BYTES = 1024 * 1024
 MAX_NAME_BYTES = 150
-RATIO_FLOOR_BYTES = 1024 * 1024  # members smaller than this cannot be a meaningful bomb
+# Below these sizes deflate's own overhead makes a ratio meaningless; what small members
+# could still add up to is bounded by the archive-wide ratio.
+MEMBER_RATIO_FLOOR_BYTES = 4096
+ARCHIVE_RATIO_FLOOR_BYTES = 1024 * 1024
 _ARCHIVE_MAGIC = (
     b"PK\x03\x04",
     b"PK\x05\x06",
@@ -82,6 +94,8 @@ class SkippedMember:
 class ExtractResult:
     images: list[ExtractedImage] = field(default_factory=list)
     skipped: list[SkippedMember] = field(default_factory=list)
+    stopped_by: str | None = None  # the quota or floor setting that stopped the extraction
+    stop_reason: str = ""
 
 
 class _SkipMember(Exception):
@@ -89,25 +103,63 @@ class _SkipMember(Exception):
 
 
 def extract_images(
-    zip_path: Path | BinaryIO, dest_dir: Path, limits: LimitSettings
+    zip_path: Path | BinaryIO,
+    dest_dir: Path,
+    limits: LimitSettings,
+    allowance: Allowance | None = None,
 ) -> ExtractResult:
     """Extract every acceptable image in `zip_path` into `dest_dir` (see module rules)."""
+    survey = survey_zip(zip_path, limits.max_zip_members)
+    if survey.members == 0:
+        raise InvalidUpload("the ZIP archive is empty")
     dest_dir.mkdir(parents=True, exist_ok=True)
     result = ExtractResult()
-    with _open_zip(zip_path) as archive:
-        infos = archive.infolist()
-        check_declared_limits(infos, limits)
-        budget = _Budget(limits.max_uncompressed_bytes)
-        for info in infos:
-            name = member_name(info)
-            try:
-                image = _extract_member(archive, info, name, dest_dir, limits, budget)
-            except _SkipMember as skip:
-                result.skipped.append(SkippedMember(name, str(skip)))
-                continue
-            if image is not None:
-                result.images.append(image)
+    try:
+        with _open_zip(zip_path) as archive:
+            infos = archive.infolist()
+            check_declared_limits(infos, limits, survey.archive_bytes)
+            budget = _Budget(limits, survey.archive_bytes)
+            for info in infos:
+                _extract_one(archive, info, dest_dir, limits, budget, allowance, result)
+    except BaseException:
+        for image in result.images:
+            image.path.unlink(missing_ok=True)
+        raise
     return result
+
+
+def _extract_one(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    dest_dir: Path,
+    limits: LimitSettings,
+    budget: _Budget,
+    allowance: Allowance | None,
+    result: ExtractResult,
+) -> None:
+    name = member_name(info)
+    try:
+        if result.stopped_by is not None:
+            _skip_after_stop(info, name, result)
+            return
+        image = _extract_member(archive, info, name, dest_dir, limits, budget, allowance)
+    except _SkipMember as skip:
+        result.skipped.append(SkippedMember(name, str(skip)))
+        return
+    except UploadStopped as stop:
+        result.stopped_by, result.stop_reason = stop.setting, stop.reason
+        result.skipped.append(SkippedMember(name, stop.reason))
+        return
+    if image is not None:
+        result.images.append(image)
+
+
+def _skip_after_stop(info: zipfile.ZipInfo, name: str, result: ExtractResult) -> None:
+    """After a quota stop: list the member (unless it is junk) without reading it."""
+    if info.is_dir() or _is_junk(name):
+        return
+    _refuse_unsafe(info, name)
+    result.skipped.append(SkippedMember(name, result.stop_reason))
 
 
 def _open_zip(zip_path: Path | BinaryIO) -> zipfile.ZipFile:
@@ -119,7 +171,9 @@ def _open_zip(zip_path: Path | BinaryIO) -> zipfile.ZipFile:
         ) from exc
 
 
-def check_declared_limits(infos: list[zipfile.ZipInfo], limits: LimitSettings) -> None:
+def check_declared_limits(
+    infos: list[zipfile.ZipInfo], limits: LimitSettings, archive_bytes: int
+) -> None:
     """Refuse an archive whose central directory alone is over a limit or encrypted."""
     if not infos:
         raise InvalidUpload("the ZIP archive is empty")
@@ -136,15 +190,25 @@ def check_declared_limits(infos: list[zipfile.ZipInfo], limits: LimitSettings) -
             f"the archive expands to {total} bytes; the limit is {limits.max_uncompressed_bytes}",
             "max_uncompressed_bytes",
         )
+    _check_archive_ratio(total, archive_bytes, limits)
     for info in infos:
         _check_ratio(info.filename, info.file_size, info.compress_size, limits)
 
 
 def _check_ratio(name: str, size: int, compressed: int, limits: LimitSettings) -> None:
-    if size > RATIO_FLOOR_BYTES and size > max(compressed, 1) * limits.max_compression_ratio:
+    ratio = limits.max_compression_ratio
+    if size > MEMBER_RATIO_FLOOR_BYTES and size > max(compressed, 1) * ratio:
         raise LimitExceeded(
-            f"'{name}' expands more than {limits.max_compression_ratio:g}x; "
-            "this looks like a ZIP bomb",
+            f"'{name}' expands more than {ratio:g}x; this looks like a ZIP bomb",
+            "max_compression_ratio",
+        )
+
+
+def _check_archive_ratio(total: int, archive_bytes: int, limits: LimitSettings) -> None:
+    ratio = limits.max_compression_ratio
+    if total > ARCHIVE_RATIO_FLOOR_BYTES and total > max(archive_bytes, 1) * ratio:
+        raise LimitExceeded(
+            f"the archive expands to more than {ratio:g}x its own size; this looks like a ZIP bomb",
             "max_compression_ratio",
         )
 
@@ -152,15 +216,16 @@ def _check_ratio(name: str, size: int, compressed: int, limits: LimitSettings) -
 class _Budget:
     """Counts bytes really decompressed across the whole archive."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limits: LimitSettings, archive_bytes: int) -> None:
+        self.limits = limits
+        self.archive_bytes = archive_bytes
         self.used = 0
 
     def check(self, total_after: int) -> None:
-        if total_after > self.limit:
-            raise LimitExceeded(
-                f"the archive expands past {self.limit} bytes", "max_uncompressed_bytes"
-            )
+        limit = self.limits.max_uncompressed_bytes
+        if total_after > limit:
+            raise LimitExceeded(f"the archive expands past {limit} bytes", "max_uncompressed_bytes")
+        _check_archive_ratio(total_after, self.archive_bytes, self.limits)
 
 
 def member_name(info: zipfile.ZipInfo) -> str:
@@ -179,12 +244,15 @@ def _extract_member(
     dest_dir: Path,
     limits: LimitSettings,
     budget: _Budget,
+    allowance: Allowance | None,
 ) -> ExtractedImage | None:
     if info.is_dir() or _is_junk(name):
         return None
     _refuse_unsafe(info, name)
     if info.file_size > limits.max_image_bytes:
         raise _SkipMember(f"larger than the {limits.max_image_bytes}-byte limit for one image")
+    if allowance is not None:
+        allowance.admit(info.file_size)
 
     def check(real: int) -> None:
         if real > info.file_size:
@@ -194,7 +262,7 @@ def _extract_member(
 
     try:
         with archive.open(info) as handle:
-            image = _store(handle, name, dest_dir, limits, check, what="the image")
+            image = _store(handle, name, dest_dir, limits, check, allowance)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         raise _SkipMember(f"damaged or unsupported member: {exc}") from exc
     except InvalidUpload as exc:
@@ -226,7 +294,7 @@ def _store(
     dest_dir: Path,
     limits: LimitSettings,
     check: Callable[[int], None],
-    what: str,
+    allowance: Allowance | None,
 ) -> ExtractedImage:
     """Stream `handle` into a new file in `dest_dir`, validating it as an image."""
     head = handle.read(CHUNK_BYTES)
@@ -234,11 +302,15 @@ def _store(
     if fmt is None:
         if head.startswith(_ARCHIVE_MAGIC):
             raise InvalidUpload("nested archives are not extracted")
-        raise InvalidUpload(f"{what} is not a JPEG, PNG or HEIC image")
+        raise InvalidUpload("the image is not a JPEG, PNG or HEIC image")
     partial = dest_dir / f".partial-{uuid.uuid4().hex}"
     try:
         digest = _copy(handle, head, partial, check)
-        validate_image_file(partial, limits.max_image_pixels, what=what)
+        if trim_after_end(partial, fmt):
+            digest = _hash_file(partial)
+        validate_image_file(partial, limits.max_image_pixels, what="the image")
+        if allowance is not None:
+            allowance.charge(partial.stat().st_size, digest)
         final = claim_unique_path(dest_dir, safe_stem(PurePosixPath(name).stem), _ext(name, fmt))
         os.replace(partial, final)
     finally:
@@ -258,6 +330,14 @@ def _copy(handle: IO[bytes], head: bytes, out_path: Path, check: Callable[[int],
             digest.update(chunk)
             out.write(chunk)
             chunk = handle.read(CHUNK_BYTES)
+    return digest.hexdigest()
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

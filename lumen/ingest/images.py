@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import io
+import mmap
+import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,6 +177,99 @@ def validate_image_file(path: Path, max_pixels: int, *, what: str | None = None)
         if fmt is not ImageFormat.HEIC:
             img.verify()
     return fmt
+
+
+# A marker inside JPEG entropy-coded data: 0xFF not followed by a stuffed 0x00, a restart
+# marker (RST0-7) or another 0xFF fill byte.
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+_BOX_TYPE = re.compile(rb"[A-Za-z0-9 ]{4}")
+
+
+def image_end(data: bytes | mmap.mmap, fmt: ImageFormat) -> int | None:
+    """The length of the image in `data` up to its end, or None when no end can be found.
+
+    JPEG ends after the EOI marker that closes the main image (markers inside EXIF
+    thumbnails or entropy-coded scans do not count), PNG after the IEND chunk's CRC, HEIC
+    after its last well-formed top-level box. None means "damaged or cut short": the caller
+    keeps the bytes and lets validation judge them.
+    """
+    if fmt is ImageFormat.JPEG:
+        return _jpeg_end(data)
+    if fmt is ImageFormat.PNG:
+        return _png_end(data)
+    return _bmff_end(data)
+
+
+def _jpeg_end(data: bytes | mmap.mmap) -> int | None:
+    pos, size = 2, len(data)  # after SOI
+    while pos < size:
+        if data[pos] != 0xFF:
+            return None
+        while pos < size and data[pos] == 0xFF:
+            pos += 1
+        if pos >= size:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return pos
+        if marker in _JPEG_STANDALONE:
+            continue
+        if pos + 2 > size:
+            return None
+        pos += int.from_bytes(data[pos : pos + 2], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            found = _JPEG_SCAN_END.search(data, pos)
+            if found is None:
+                return None
+            pos = found.start()
+    return None
+
+
+def _png_end(data: bytes | mmap.mmap) -> int | None:
+    pos, size = 8, len(data)  # after the signature
+    while pos + 8 <= size:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = bytes(data[pos + 4 : pos + 8])
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos if pos <= size else None
+    return None
+
+
+def _bmff_end(data: bytes | mmap.mmap) -> int | None:
+    pos, size = 0, len(data)
+    while pos + 8 <= size:
+        box = int.from_bytes(data[pos : pos + 4], "big")
+        if not _BOX_TYPE.fullmatch(bytes(data[pos + 4 : pos + 8])):
+            break
+        if box == 0:  # the last box runs to the end of the file
+            return size
+        if box == 1 and pos + 16 <= size:
+            box = int.from_bytes(data[pos + 8 : pos + 16], "big")
+        if box < 8 or pos + box > size:
+            break
+        pos += box
+    return pos or None
+
+
+def trim_after_end(path: Path, fmt: ImageFormat) -> bool:
+    """Cut whatever follows the image's end marker in `path`; True when bytes were cut.
+
+    Zero padding or junk after a JPEG's EOI or a PNG's IEND decodes to the same picture, so
+    keeping it would only let a small upload (such padding compresses to nothing) take a
+    large amount of disk.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return False
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        end = image_end(m, fmt)
+    if end is None or end >= size:
+        return False
+    os.truncate(path, end)
+    return True
 
 
 def to_browser_bytes(path: Path, max_pixels: int) -> tuple[bytes, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from lumen.ingest.archive import (
     safe_stem,
 )
 from lumen.ingest.images import ImageFormat
+from lumen.ingest.zipdir import survey_zip
+from lumen.quota import Allowance
 from tests.support import hostile
 from tests.support.hostile import (
     HOSTILE_ZIPS,
@@ -277,3 +281,242 @@ def test_zipfile_itself_would_have_followed_the_slip() -> None:
 
     with zipfile.ZipFile(io.BytesIO(hostile.zip_slip())) as archive:
         assert "../../evil.jpg" in archive.namelist()
+
+
+# ---- the member count comes from the end records, before zipfile loads the directory --
+
+_EOCD = struct.Struct("<4s4H2LH")
+
+
+def _eocd_at(data: bytes) -> int:
+    return data.rindex(b"PK\x05\x06")
+
+
+def _declare_members(data: bytes, count: int) -> bytes:
+    """Make the end record claim `count` members (the directory itself is unchanged)."""
+    buf = bytearray(data)
+    struct.pack_into("<HH", buf, _eocd_at(data) + 8, count, count)
+    return bytes(buf)
+
+
+def _as_zip64(data: bytes, declared: int | None = None) -> bytes:
+    """Rewrite the end records the ZIP64 way (the 32-bit fields all 0xFFFF.. sentinels)."""
+    at = _eocd_at(data)
+    _, _, _, _, total, size, offset, _ = _EOCD.unpack_from(data, at)
+    count = total if declared is None else declared
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    eocd = _EOCD.pack(b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return data[:at] + record + locator + eocd
+
+
+def test_member_count_is_read_from_the_end_record_before_the_directory(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    """The end record claims a million members and the directory is cut off: zipfile would
+    report a damaged archive; the limit is named because nothing else was read."""
+    data = _declare_members(make_zip({"a.jpg": make_jpeg()}), 0xFFFF)
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, data, user_dir, LimitSettings(max_zip_members=1000))
+    assert caught.value.limit == "max_zip_members"
+    assert "65535 members" in str(caught.value)
+    assert not user_dir.exists() or _all_files(user_dir) == []
+
+
+def test_an_end_record_that_understates_the_count_is_caught_by_walking_the_directory(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    data = _declare_members(make_zip({f"{i}.jpg": make_jpeg() for i in range(11)}), 1)
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, data, user_dir, LimitSettings(max_zip_members=10))
+    assert caught.value.limit == "max_zip_members"
+    assert "more than 10 members" in str(caught.value)
+
+
+def test_a_directory_bigger_than_the_member_limit_needs_is_refused_unread(tmp_path: Path) -> None:
+    data = bytearray(make_zip({"a.jpg": make_jpeg()}))
+    struct.pack_into("<L", data, _eocd_at(bytes(data)) + 12, 50 * 1024 * 1024)
+    with pytest.raises(LimitExceeded) as caught:
+        survey_zip(io.BytesIO(bytes(data)), 10)
+    assert caught.value.limit == "max_zip_members"
+
+
+def test_zip64_end_records_are_read_for_the_member_count(tmp_path: Path, user_dir: Path) -> None:
+    huge = _as_zip64(make_zip({"a.jpg": make_jpeg()}), declared=5_000_000)
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, huge, user_dir)
+    assert caught.value.limit == "max_zip_members"
+    assert "5000000 members" in str(caught.value)
+
+
+def test_an_honest_zip64_archive_still_extracts(tmp_path: Path, user_dir: Path) -> None:
+    data = _as_zip64(make_zip({"a.jpg": make_jpeg(), "b.png": make_png()}))
+    assert survey_zip(io.BytesIO(data), 10).members == 2
+    assert _names(_extract(tmp_path, data, user_dir)) == ["a.jpg", "b.png"]
+
+
+def test_survey_of_an_open_file_leaves_its_position_alone() -> None:
+    handle = io.BytesIO(make_zip({"a.jpg": make_jpeg(), "b.jpg": make_jpeg((1, 2, 3))}))
+    handle.seek(7)
+    assert survey_zip(handle, 10).members == 2
+    assert handle.tell() == 7
+
+
+def test_an_open_spooled_file_is_extracted_like_a_path(user_dir: Path) -> None:
+    handle = io.BytesIO(make_zip({"a.jpg": make_jpeg()}))
+    assert _names(extract_images(handle, user_dir, LIMITS)) == ["a.jpg"]
+
+
+# ---- expansion ratio: the archive as a whole, and small members too ----------------
+
+
+def _padded_jpeg(index: int, size: int) -> bytes:
+    return make_jpeg((index % 256, 255 - index % 256, (index * 7) % 256), size=(16, 16)).ljust(
+        size, b"\0"
+    )
+
+
+def test_a_small_member_padded_with_zeros_is_refused_by_its_ratio(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    """256 KiB is far below the old 1 MiB floor under which members were exempt."""
+    data = make_zip({"padded.jpg": _padded_jpeg(1, 256 * 1024), "good.jpg": make_jpeg()})
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, data, user_dir)
+    assert caught.value.limit == "max_compression_ratio"
+    assert "'padded.jpg'" in str(caught.value)
+
+
+def test_many_members_each_under_the_floor_are_refused_by_the_archive_ratio(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    members = {f"{i}.jpg": bytes(4000) for i in range(300)}  # each below the member floor
+    limits = LimitSettings(max_compression_ratio=10)
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, make_zip(members), user_dir, limits)
+    assert caught.value.limit == "max_compression_ratio"
+    assert "its own size" in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def padded_jpegs_zip() -> bytes:
+    """The issue's attack: 200 tiny JPEGs, each padded with zeros to 1 MiB (~350 KB zipped)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for i in range(200):
+            archive.writestr(f"{i}.jpg", _padded_jpeg(i, 1024 * 1024))
+    return out.getvalue()
+
+
+def test_200_zero_padded_jpegs_are_refused_and_take_no_disk(
+    tmp_path: Path, user_dir: Path, padded_jpegs_zip: bytes
+) -> None:
+    with pytest.raises(LimitExceeded) as caught:
+        _extract(tmp_path, padded_jpegs_zip, user_dir)
+    assert caught.value.limit == "max_compression_ratio"
+    assert not user_dir.exists() or _all_files(user_dir) == []
+
+
+def test_200_zero_padded_jpegs_never_become_200_mb_even_without_a_ratio_limit(
+    tmp_path: Path, user_dir: Path, padded_jpegs_zip: bytes
+) -> None:
+    limits = LimitSettings(max_compression_ratio=1e12)
+    result = _extract(tmp_path, padded_jpegs_zip, user_dir, limits)
+    assert len(result.images) == 200
+    stored = sum(p.stat().st_size for p in _all_files(user_dir))
+    assert stored < 200 * 2048  # each file is its JPEG, cut at the end marker
+    for image in result.images:
+        data = image.path.read_bytes()
+        assert data.endswith(b"\xff\xd9")
+        assert image.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "tail"),
+    [
+        ("a.jpg", make_jpeg(), bytes(3000)),
+        ("b.png", make_png(), b"junk after IEND" * 100),
+        ("c.heic", make_heic(), bytes(3000)),
+    ],
+)
+def test_bytes_after_the_end_marker_are_not_stored(
+    tmp_path: Path, user_dir: Path, name: str, image: bytes, tail: bytes
+) -> None:
+    result = _extract(tmp_path, make_zip({name: image + tail}), user_dir)
+    (stored,) = result.images
+    assert stored.path.read_bytes() == image
+    assert stored.sha256 == hashlib.sha256(image).hexdigest()
+
+
+def test_padded_copy_of_an_image_has_the_hash_of_the_original(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    """So the queue sees it as a duplicate of the same picture."""
+    jpeg = make_jpeg()
+    result = _extract(tmp_path, make_zip({"a.jpg": jpeg, "b.jpg": jpeg + bytes(500)}), user_dir)
+    assert len({image.sha256 for image in result.images}) == 1
+
+
+def test_an_archive_failing_midway_leaves_no_images_behind(tmp_path: Path, user_dir: Path) -> None:
+    calls = []
+
+    def failing_disk(_path: Path) -> int:
+        calls.append(1)
+        if len(calls) == 3:  # open, first member, then the second member's check fails
+            raise OSError("the disk went away")
+        return 10**12
+
+    settings = LimitSettings(min_free_bytes=0)
+    allowance = Allowance.open(settings, _Usage(), tmp_path, failing_disk)
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(make_zip({"a.jpg": make_jpeg(), "b.jpg": make_jpeg((1, 2, 3))}))
+    with pytest.raises(OSError, match="went away"):
+        extract_images(upload, user_dir, LIMITS, allowance)
+    assert _all_files(user_dir) == []
+
+
+# ---- quota: stored in order until a member does not fit ------------------------------
+
+
+class _Usage:
+    bytes = 0
+    items = 0
+
+
+def _allowance(tmp_path: Path, **limits: int) -> Allowance:
+    settings = LimitSettings(min_free_bytes=0, **limits)
+    return Allowance.open(settings, _Usage(), tmp_path, lambda _path: 10**12)
+
+
+def test_quota_stop_keeps_the_first_members_and_lists_every_later_one(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    members = {f"{i}.jpg": make_jpeg((i, i, i)) for i in range(4)}
+    members["../evil.jpg"] = make_jpeg()
+    members["notes/.hidden.jpg"] = make_jpeg()
+    allowance = _allowance(tmp_path, user_max_items=2)
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(make_zip(members))
+    result = extract_images(upload, user_dir, LIMITS, allowance)
+    assert _names(result) == ["0.jpg", "1.jpg"]
+    assert _reasons(result) == {
+        "2.jpg": "quota exceeded",
+        "3.jpg": "quota exceeded",
+        "../evil.jpg": "unsafe path (absolute, or reaching outside the archive)",
+    }
+    assert result.stopped_by == "user_max_items"
+    assert sorted(p.name for p in _all_files(user_dir)) == ["0.jpg", "1.jpg"]
+
+
+def test_a_member_crossing_the_byte_quota_is_removed_after_being_measured(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    small, big = make_jpeg(size=(8, 8)), make_jpeg(size=(300, 300))
+    allowance = _allowance(tmp_path, user_max_bytes=len(small) + len(big) // 2)
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(make_zip({"small.jpg": small, "big.jpg": big, "tiny.jpg": small}))
+    result = extract_images(upload, user_dir, LIMITS, allowance)
+    assert _names(result) == ["small.jpg"]
+    assert _reasons(result) == {"big.jpg": "quota exceeded", "tiny.jpg": "quota exceeded"}
+    assert result.stopped_by == "user_max_bytes"
+    assert [p.name for p in _all_files(user_dir)] == ["small.jpg"]

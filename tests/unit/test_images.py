@@ -11,9 +11,11 @@ from PIL import Image
 from lumen.errors import InvalidUpload, LimitExceeded
 from lumen.ingest.images import (
     ImageFormat,
+    image_end,
     open_image,
     sniff_format,
     to_browser_bytes,
+    trim_after_end,
     validate_image_file,
 )
 from tests.support.hostile import bomb_png, corrupt_jpeg, make_heic, make_jpeg, make_png
@@ -166,3 +168,87 @@ def test_browser_gets_heic_converted_to_jpeg(tmp_path: Path) -> None:
 def test_browser_copy_of_text_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidUpload):
         to_browser_bytes(_write(tmp_path, "d.jpg", b"plain text"), MAX_PIXELS)
+
+
+# ---- where an image ends: trailing bytes are never stored --------------------------
+
+
+def _noisy(size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """Random pixels: entropy-coded data full of 0xFF bytes that must not end the scan."""
+    return Image.frombytes("RGB", size, bytes(range(256)) * (size[0] * size[1] * 3 // 256))
+
+
+def _jpeg(img: Image.Image, **options: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="JPEG", **options)
+    return out.getvalue()
+
+
+def _with_thumbnail(jpeg: bytes) -> bytes:
+    """An APP1 segment that holds a whole JPEG (its own EOI) before the main image."""
+    body = b"Exif\0\0" + make_jpeg((9, 9, 9), size=(16, 16))
+    segment = b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+JPEG_VARIANTS = {
+    "baseline": _jpeg(_noisy(), quality=95),
+    "progressive": _jpeg(_noisy(), quality=95, progressive=True),
+    "restart markers": _jpeg(_noisy(), quality=95, restart_marker_blocks=1),
+    "thumbnail inside": _with_thumbnail(make_jpeg()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JPEG_VARIANTS))
+def test_jpeg_ends_at_the_eoi_that_closes_the_main_image(name: str) -> None:
+    data = JPEG_VARIANTS[name]
+    assert image_end(data, ImageFormat.JPEG) == len(data)
+    assert image_end(data + bytes(4096), ImageFormat.JPEG) == len(data)
+    assert image_end(data + b"\xff\xd9junk", ImageFormat.JPEG) == len(data)
+
+
+def test_jpeg_variants_really_hold_what_they_are_named_for() -> None:
+    """Guards the corpus: stuffed 0xFF bytes, RST markers, a second EOI."""
+    assert JPEG_VARIANTS["baseline"].count(b"\xff\x00") > 10
+    assert b"\xff\xd0" in JPEG_VARIANTS["restart markers"]
+    assert JPEG_VARIANTS["thumbnail inside"].count(b"\xff\xd9") == 2
+
+
+def test_png_ends_after_the_iend_chunk() -> None:
+    data = make_png()
+    assert image_end(data + b"\x00" * 100 + b"IEND", ImageFormat.PNG) == len(data)
+
+
+def test_heic_ends_after_its_last_well_formed_box() -> None:
+    data = make_heic()
+    assert image_end(data, ImageFormat.HEIC) == len(data)
+    assert image_end(data + bytes(5000), ImageFormat.HEIC) == len(data)
+    assert image_end(data + b"\xff" * 64, ImageFormat.HEIC) == len(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (make_jpeg()[:-2], ImageFormat.JPEG),
+        (make_jpeg()[:300], ImageFormat.JPEG),
+        (make_png()[:-12], ImageFormat.PNG),
+    ],
+)
+def test_an_image_cut_short_has_no_end(data: bytes, fmt: ImageFormat) -> None:
+    assert image_end(data, fmt) is None
+
+
+def test_trim_cuts_zero_padding_and_keeps_a_decodable_image(tmp_path: Path) -> None:
+    jpeg = make_jpeg()
+    path = _write(tmp_path, "a.jpg", jpeg + bytes(1024 * 1024))
+    assert trim_after_end(path, ImageFormat.JPEG) is True
+    assert path.read_bytes() == jpeg
+    assert open_image(path, max_pixels=MAX_PIXELS).size == (64, 48)
+
+
+def test_trim_leaves_a_clean_or_cut_short_image_alone(tmp_path: Path) -> None:
+    clean = _write(tmp_path, "a.png", make_png())
+    short = _write(tmp_path, "b.jpg", make_jpeg()[:200])
+    assert trim_after_end(clean, ImageFormat.PNG) is False
+    assert trim_after_end(short, ImageFormat.JPEG) is False
+    assert short.stat().st_size == 200
