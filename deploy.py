@@ -1,4 +1,12 @@
-"""The run command: Redis (found or started), a local Ray with its dashboard, the Serve app."""
+"""The run command: Redis (found or started), a local Ray with its dashboard, the Serve app.
+
+Secrets never travel in the Serve config: the Ray dashboard shows every application's
+`args` (and every `runtime_env`). `load_config` keeps only non-secret settings there and
+exports the secret ones (`SECRET_SETTINGS`) as `LUMEN_*` variables into this process's
+environment, which a Ray started afterwards by this process hands to every worker. On a
+cluster each node's environment holds them already (`cluster.yaml` exports `lumen.env`
+before `ray start`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import yaml
@@ -20,6 +30,9 @@ from lumen.config import RedisSettings, Settings
 
 ROOT = Path(__file__).resolve().parent
 APP_NAME = "lumen"
+# Settings that are secrets, as paths into the nested settings; the Redis URL only when it
+# carries a password.
+SECRET_SETTINGS = (("redis", "url"), ("auth", "jwt_secret"), ("gemini", "api_key"))
 
 
 def free_port() -> int:
@@ -47,11 +60,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     port = port or free_port()
     rdir = data_dir / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-        "--protected-mode", "yes",
-    ]  # fmt: skip
+    cmd = redis_command(binary, port, rdir)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
@@ -64,14 +73,88 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     sys.exit("redis-server did not start within 10 s")
 
 
-def load_config(path: Path, settings_overrides: dict[str, Any]) -> dict[str, Any]:
-    """The Serve YAML with our settings overrides put into the app's builder args."""
+def redis_command(binary: str, port: int, data_dir: Path) -> list[str]:
+    """redis-server on loopback with an AOF fsynced before every reply (`appendfsync always`).
+
+    An upload is acknowledged only after Redis has answered, so with `always` an answered
+    upload survives a crash of Redis or of the machine; `everysec` could lose the last second.
+    """
+    return [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+
+
+def is_secret(path: tuple[str, ...], value: Any) -> bool:
+    """Whether the setting at `path` with this value must stay out of the Serve config."""
+    if path not in SECRET_SETTINGS or value in (None, ""):
+        return False
+    if path == ("redis", "url"):
+        return urlsplit(str(value)).password is not None
+    return True
+
+
+def split_secrets(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(`overrides` without secrets, the secrets as `LUMEN_*` environment variables)."""
+    public: dict[str, Any] = {}
+    env: dict[str, str] = {}
+
+    def walk(given: dict[str, Any], out: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for key, value in given.items():
+            path = (*prefix, key)
+            if isinstance(value, dict):
+                out[key] = {}
+                walk(value, out[key], path)
+                if not out[key]:
+                    del out[key]
+            elif is_secret(path, value):
+                env["LUMEN_" + "__".join(p.upper() for p in path)] = str(value)
+            else:
+                out[key] = value
+
+    walk(overrides, public, ())
+    return public, env
+
+
+def load_config(
+    path: Path,
+    settings_overrides: dict[str, Any],
+    environ: MutableMapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Serve YAML with the non-secret settings overrides in the app's builder args.
+
+    Secret overrides are exported into `environ` (this process's environment by default)
+    instead: start Ray after this call, so that its workers inherit them.
+    """
+    public, secrets_env = split_secrets(settings_overrides)
+    target = os.environ if environ is None else environ
+    target.update(secrets_env)
+    ray = sys.modules.get("ray")
+    if secrets_env and ray is not None and ray.is_initialized() and environ is None:
+        print(
+            f"Note: {', '.join(sorted(secrets_env))} stay out of the Serve config; a Ray that "
+            "is already running sees them only if its nodes' environment has them.",
+            file=sys.stderr,
+        )
     config = yaml.safe_load(path.read_text())
     for app in config["applications"]:
         args = app.setdefault("args", {}) or {}
-        merged = {**args.get("settings", {}), **settings_overrides}
+        public_args, _ = split_secrets(args.get("settings", {}))
+        merged = {**public_args, **public}
         app["args"] = {**args, "settings": merged}
     return config
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> None:
@@ -128,14 +211,17 @@ def main() -> None:
     redis_proc = None
     url = os.environ.get("REDIS_URL") or os.environ.get("LUMEN_REDIS__URL")
     if url and redis_answers(url):
-        print(f"Using Redis at {url}")
+        print(f"Using Redis at {redact_url(url)}")
     else:
         if url:
-            print(f"Redis at {url} does not answer; starting a local one with AOF")
+            print(f"Redis at {redact_url(url)} does not answer; starting a local one with AOF")
         redis_proc, url = start_redis(data_dir)
         print(f"Started redis-server ({url}), AOF in {data_dir / 'redis'}")
     settings = Settings(data_dir=data_dir, redis=RedisSettings(url=url)).with_local_secret()
 
+    # Before Ray starts: a secret Redis URL is exported here, for the workers to inherit.
+    overrides = {"data_dir": str(data_dir), "redis": {"url": url}}
+    config = load_config(Path(opts.config), overrides)
     started_ray = opts.address is None
     if started_ray:
         start_ray()
@@ -145,8 +231,11 @@ def main() -> None:
         from actors.naming import NAMESPACE
 
         ray.init(address=opts.address, namespace=NAMESPACE)
-    overrides = {"data_dir": str(data_dir), "redis": {"url": url}}
-    config = load_config(Path(opts.config), overrides)
+        if split_secrets(overrides)[1]:
+            print(
+                "Note: the Redis URL carries a password, so it is not passed to the app; each "
+                "node's LUMEN_REDIS__URL must hold it (cluster.yaml exports lumen.env)."
+            )
 
     def stop(*_: object) -> None:
         print("\nStopping Lumen ...")

@@ -251,3 +251,105 @@ def test_every_node_mounts_the_shared_data_root_and_exports_lumen_env() -> None:
     assert "--head" in " ".join(config["head_start_ray_commands"])
     assert "$RAY_HEAD_IP:6379" in " ".join(config["worker_start_ray_commands"])
     assert any("pip install" in c and "lumen" in c for c in config["setup_commands"])
+
+
+# ---- operator surfaces: no secrets in what the dashboard shows, dashboard on loopback -------
+
+REDIS_PASSWORD = "hunter2-redis-password"
+JWT = "j" * 48
+GEMINI_KEY = "AIza-gemini-secret-key"
+
+
+def _overrides() -> dict[str, Any]:
+    return {
+        "data_dir": "/tmp/lumen-data",
+        "redis": {"url": f"redis://:{REDIS_PASSWORD}@10.0.0.5:6380/0", "namespace": "t1"},
+        "auth": {"jwt_secret": JWT, "admin_users": ["root"]},
+        "gemini": {"api_key": GEMINI_KEY, "base_url": "http://127.0.0.1:9", "timeout_s": 2},
+    }
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_the_deployed_config_carries_no_secret(name: str) -> None:
+    from deploy import load_config
+
+    env: dict[str, str] = {}
+    config = load_config(ROOT / "configs" / name, _overrides(), environ=env)
+    shown = yaml.safe_dump(config)
+    for secret in (REDIS_PASSWORD, JWT, GEMINI_KEY):
+        assert secret not in shown
+    assert env == {
+        "LUMEN_REDIS__URL": f"redis://:{REDIS_PASSWORD}@10.0.0.5:6380/0",
+        "LUMEN_AUTH__JWT_SECRET": JWT,
+        "LUMEN_GEMINI__API_KEY": GEMINI_KEY,
+    }
+
+
+def test_non_secret_overrides_stay_in_the_app_arguments() -> None:
+    from deploy import load_config
+
+    overrides = _overrides()
+    overrides["redis"]["url"] = "redis://127.0.0.1:6390/0"  # no password: not a secret
+    env: dict[str, str] = {}
+    config = load_config(ROOT / "configs" / "local.yaml", overrides, environ=env)
+    settings = config["applications"][0]["args"]["settings"]
+    assert settings["redis"] == {"url": "redis://127.0.0.1:6390/0", "namespace": "t1"}
+    assert settings["auth"] == {"admin_users": ["root"]}
+    assert settings["gemini"] == {"base_url": "http://127.0.0.1:9", "timeout_s": 2}
+    assert settings["data_dir"] == "/tmp/lumen-data"
+    assert set(env) == {"LUMEN_AUTH__JWT_SECRET", "LUMEN_GEMINI__API_KEY"}
+
+
+def test_settings_from_the_environment_and_the_arguments_combine() -> None:
+    from deploy import load_config
+    from lumen.config import Settings
+
+    env: dict[str, str] = {}
+    config = load_config(ROOT / "configs" / "local.yaml", _overrides(), environ=env)
+    args = config["applications"][0]["args"]["settings"]
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        settings = Settings(**args)
+    assert settings.redis.url.endswith("@10.0.0.5:6380/0") and settings.redis.namespace == "t1"
+    assert settings.auth.jwt_secret == JWT and settings.auth.admin_users == ["root"]
+    assert settings.gemini.api_key == GEMINI_KEY and settings.gemini.timeout_s == 2
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_the_serve_yamls_themselves_hold_no_secret_setting(name: str) -> None:
+    text = (ROOT / "configs" / name).read_text()
+    assert not re.search(r"jwt_secret|api_key|password|redis://", text, re.IGNORECASE)
+
+
+def test_printed_redis_urls_hide_the_password() -> None:
+    from deploy import redact_url
+
+    assert redact_url(f"rediss://:{REDIS_PASSWORD}@cache:6379/0") == "rediss://:***@cache:6379/0"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_the_embedded_redis_fsyncs_every_write_before_answering() -> None:
+    from deploy import redis_command
+
+    cmd = redis_command("redis-server", 6390, Path("/tmp/r"))
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--appendfsync") + 1] == "always"
+    assert cmd[cmd.index("--bind") + 1] == "127.0.0.1"
+
+
+def test_the_cluster_dashboard_listens_on_the_heads_loopback_only() -> None:
+    config = cluster_config()
+    start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", start)
+    assert hosts == ["127.0.0.1"]
+    every_command = json.dumps(config)
+    assert "0.0.0.0" not in re.sub(r"--bind 0\.0\.0\.0", "", every_command)
+
+
+def test_cluster_secrets_come_from_lumen_env_and_stay_private() -> None:
+    config = cluster_config()
+    assert any("chmod 600 ~/lumen.env" in c for c in config["setup_commands"])
+    every_command = json.dumps(config)
+    for word in ("jwt_secret", "api_key", "requirepass", "password", "redis://"):
+        assert word not in every_command.lower()
