@@ -131,7 +131,7 @@ class QueueStore:
         k = self._k
         deadline = time.time() + timeout_s
         keys = [self._reply(user), k.queue(user), k.processing(user), k.deadline, k.active]
-        args = [REPLY_TTL_S, user, n, worker, deadline]
+        args: list[Any] = [REPLY_TTL_S, user, n, worker, deadline]
         return [text(x) for x in self._claim(keys=keys, args=args)]
 
     def assign(self, user: str, items: list[str], worker: str) -> int:
