@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lumen.client import (
     DEFAULT_URL,
@@ -21,6 +21,10 @@ from lumen.client import (
     pending,
     settled,
 )
+
+if TYPE_CHECKING:
+    from lumen.auth import UserStore
+    from lumen.config import Settings
 
 Command = Callable[[LumenClient, argparse.Namespace], int]
 
@@ -245,6 +249,45 @@ def cmd_events(client: LumenClient, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- operator commands: run on a server node, straight against Redis (no HTTP) ---------------
+
+
+def operator_users(settings: Settings) -> UserStore:
+    """The account store that `lumen admin` writes to, from `LUMEN_*` settings."""
+    from lumen.storage import Stores
+
+    return Stores(settings).users
+
+
+def new_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass("New password: ")
+    if getpass.getpass("Repeat it: ") != password:
+        raise ClientError("the two passwords differ; nothing was created")
+    return password
+
+
+def cmd_admin_create_user(client: LumenClient, args: argparse.Namespace) -> int:
+    """Create an account directly in Redis; works while public signup is closed."""
+    import redis
+
+    from lumen.auth import create_account
+    from lumen.config import Settings
+    from lumen.errors import LumenError
+
+    password = new_password(args)
+    settings = Settings()
+    try:
+        create_account(operator_users(settings), settings.auth, args.username, password)
+    except LumenError as exc:
+        raise ClientError(exc.message) from exc
+    except redis.RedisError as exc:
+        raise ClientError(f"Redis did not answer ({exc}); check LUMEN_REDIS__URL") from exc
+    print(f"Created user {args.username}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -290,6 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("reset", cmd_reset, "delete all your data").add_argument("--yes", action="store_true")
     add("workers", cmd_workers, "show embedding workers")
     add("events", cmd_events, "show recent system events")
+    admin = sub.add_parser(
+        "admin",
+        help="operator commands, run on a server node with its LUMEN_* environment",
+        description="Operator commands: they talk to Redis directly, not to the HTTP API.",
+    )
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+    p = admin_sub.add_parser(
+        "create-user",
+        help="create an account (also while public signup is closed)",
+        description="Create an account in the Redis named by LUMEN_REDIS__URL.",
+    )
+    p.add_argument("username")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin, not a prompt"
+    )
+    p.set_defaults(func=cmd_admin_create_user)
     return parser
 
 

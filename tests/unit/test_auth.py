@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import jwt
 import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pydantic import ValidationError
 
+from lumen import cli
 from lumen.auth import Authenticator, address_subject, client_address, create_account
 from lumen.config import AuthSettings
 from lumen.errors import (
@@ -414,3 +417,46 @@ def test_stream_claims_on_a_token_without_the_stream_audience_are_refused(
     )
     with pytest.raises(Unauthorized):
         auth.verify(aud_on_access)
+
+
+# --- the operator's `lumen admin create-user` -----------------------------------------------
+
+
+@pytest.fixture
+def operator_store(monkeypatch: pytest.MonkeyPatch, store: FakeUserStore) -> FakeUserStore:
+    monkeypatch.setattr(cli, "operator_users", lambda settings: store)
+    monkeypatch.setenv("LUMEN_AUTH__PUBLIC_SIGNUP", "false")
+    return store
+
+
+def test_the_operator_creates_an_account_with_a_password_from_stdin(
+    operator_store: FakeUserStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{PASSWORD}\n"))
+    assert cli.run(["admin", "create-user", "bob", "--password-stdin"]) == 0
+    auth = Authenticator(make_settings(public_signup=False), operator_store, clock=clock)
+    assert auth.verify(auth.login("bob", PASSWORD, HOME)) == "bob"
+
+
+def test_the_operator_is_told_when_a_name_is_taken_or_a_password_too_short(
+    operator_store: FakeUserStore,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    create_account(operator_store, make_settings(), "bob", PASSWORD, FAST)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{PASSWORD}\n"))
+    assert cli.run(["admin", "create-user", "bob", "--password-stdin"]) == 2
+    assert "already taken" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert cli.run(["admin", "create-user", "cid", "--password-stdin"]) == 2
+    assert "at least" in capsys.readouterr().err
+    assert not operator_store.exists("cid")
+
+
+def test_the_operator_prompt_asks_twice_and_creates_nothing_when_they_differ(
+    operator_store: FakeUserStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter([PASSWORD, PASSWORD + "!"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(answers))
+    assert cli.run(["admin", "create-user", "bob"]) == 2
+    assert not operator_store.exists("bob")
