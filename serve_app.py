@@ -7,7 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.embedder import Embedder
-from deployments.ingress import build_ingress
+from deployments.ingress import Ingress
 from lumen.config import Settings
 
 
@@ -17,4 +17,4 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     `args.settings` overrides `LUMEN_*` environment settings (nested dicts).
     """
     settings = Settings(**(args or {}).get("settings", {})).with_local_secret()
-    return build_ingress(settings).bind(settings, Embedder.bind(settings))
+    return Ingress.bind(settings, Embedder.bind(settings))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from actors.naming import NAMESPACE, index_shard_name
+from actors.naming import index_shard_name, named_actor
 from lumen.config import Settings
-from lumen.spaces import Hit, SpaceRegistry
+from lumen.search import SearchHit
+from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
 from lumen.vectors import decode_vectors
 
@@ -36,12 +37,12 @@ class IndexShard:
             self.registry.add(user, committed, vectors)
         return committed
 
-    def search(self, user: str, query: bytes, k: int) -> list[Hit]:
+    def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
         return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k)
 
     def search_pdf(
         self, user: str, query_vec: bytes, query: str, k: int, mode: str = "fused"
-    ) -> list[Hit]:
+    ) -> list[SearchHit]:
         vec = np.frombuffer(query_vec, dtype="<f4")
         return self.registry.search_pdf(user, vec, query, k, mode)
 
@@ -59,10 +60,4 @@ class IndexShard:
 
 
 def get_index_shard(settings: Settings, shard: int) -> ray.actor.ActorHandle:
-    return IndexShard.options(  # type: ignore[attr-defined]
-        name=index_shard_name(settings.app_name, shard),
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        resources=settings.actor_resources,
-    ).remote(settings)
+    return named_actor(IndexShard, index_shard_name(settings.app_name, shard), settings)

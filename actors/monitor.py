@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from actors.naming import NAMESPACE, monitor_name
+from actors.naming import monitor_name, named_actor
 from lumen.config import Settings
 from lumen.health import WorkerBook, list_dead_nodes, list_embedder_replicas
 from lumen.storage import Stores
@@ -40,10 +40,6 @@ class Monitor:
     async def workers(self) -> dict[str, dict[str, Any]]:
         return self.book.last
 
-    async def poll_now(self) -> dict[str, dict[str, Any]]:
-        await asyncio.to_thread(self._poll)
-        return self.book.last
-
     async def _loop(self) -> None:
         while True:
             try:
@@ -66,10 +62,4 @@ class Monitor:
 
 
 def get_monitor(settings: Settings) -> ray.actor.ActorHandle:
-    return Monitor.options(  # type: ignore[attr-defined]
-        name=monitor_name(settings.app_name),
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        resources=settings.actor_resources,
-    ).remote(settings)
+    return named_actor(Monitor, monitor_name(settings.app_name), settings)

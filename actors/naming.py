@@ -1,8 +1,13 @@
-"""Names of the named actors: one function per actor kind, one Ray namespace for all."""
+"""Names of the named actors and the one factory that creates or finds them."""
 
 from __future__ import annotations
 
 import zlib
+from typing import Any
+
+import ray
+
+from lumen.config import Settings
 
 NAMESPACE = "lumen"
 
@@ -22,3 +27,14 @@ def index_shard_name(app_name: str, shard: int) -> str:
 def shard_for(user: str, shards: int) -> int:
     """Stable user -> shard mapping (crc32: the same in every process, unlike hash())."""
     return zlib.crc32(user.encode()) % shards
+
+
+def named_actor(actor_class: Any, name: str, settings: Settings) -> ray.actor.ActorHandle:
+    """The detached actor called `name`, created on first use (every caller may race here)."""
+    return actor_class.options(
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        resources=settings.actor_resources,
+    ).remote(settings)

@@ -1,14 +1,16 @@
-"""FastAPI dependencies: the services object and the authenticated user."""
+"""FastAPI dependencies: the replica's services and the authenticated user."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import OAuth2PasswordBearer
+from ray import serve
 
-from deployments.services import Services, current
+from deployments.services import Services
+from lumen.auth import client_address
 from lumen.errors import Forbidden, Unauthorized
 
 AUTH_ERRORS: dict[int | str, dict[str, str]] = {
@@ -19,13 +21,31 @@ AUTH_ERRORS: dict[int | str, dict[str, str]] = {
 _bearer = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
 
 
-def get_services() -> Services:
-    services = current()
-    services.start_keeper()
+def services_of(app: FastAPI) -> Services:
+    """The replica's services, kept on `app.state` (Serve runs a copy of the module's app,
+    so the first request attaches the services of the replica serving it)."""
+    services: Services | None = getattr(app.state, "services", None)
+    if services is None:
+        services = serve.get_replica_context().servable_object.services
+        app.state.services = services
     return services
 
 
+def get_services(request: Request) -> Services:
+    return services_of(request.app)
+
+
 Svc = Annotated[Services, Depends(get_services)]
+
+
+def get_client(request: Request, svc: Svc) -> str:
+    """The caller's address; `X-Forwarded-For` counts only from `auth.trusted_proxies`."""
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
+    peer = request.client.host if request.client else None
+    return client_address(peer, forwarded, svc.settings.auth.trusted_proxies)
+
+
+Client = Annotated[str, Depends(get_client)]
 
 
 async def get_current_user(svc: Svc, token: Annotated[str | None, Depends(_bearer)]) -> str:

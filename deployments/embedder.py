@@ -11,14 +11,15 @@ import numpy as np
 import torch
 from ray import serve
 
-from actors import metrics
+from lumen import metrics
 from lumen.config import Settings
+from lumen.naming import worker_id
 from lumen.storage import Stores
 from lumen.vectors import encode_vector
 from lumen.worker import EmbedderCore, EmbedResult
 
 
-@serve.deployment(max_ongoing_requests=64)
+@serve.deployment
 class Embedder:
     """One model per replica; images and texts are batched with `@serve.batch`.
 
@@ -28,7 +29,7 @@ class Embedder:
 
     def __init__(self, settings: Settings) -> None:
         ctx = serve.get_replica_context()
-        self.worker_id = f"embedder-{ctx.replica_tag}"
+        self.worker_id = worker_id(ctx.replica_tag)
         threads = torch.get_num_threads()
         self.core = EmbedderCore(settings, self.worker_id, threads=threads)
         self.stores = Stores(settings)
@@ -59,7 +60,13 @@ class Embedder:
             self._beat_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
     async def check_health(self) -> None:
-        """Serve calls this periodically; a failing model or a dead loop restarts the replica."""
+        """Serve calls this periodically; raising makes Serve replace this replica."""
+        task = self._beat_task
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            raise RuntimeError(f"the heartbeat loop died: {task.exception()!r}")
+        problem = self.core.health_problem()
+        if problem is not None:
+            raise RuntimeError(problem)
         self._ensure_heartbeat()
 
     async def embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
@@ -88,7 +95,7 @@ class Embedder:
             by_user.setdefault(user, []).append(item)
         await asyncio.to_thread(self._assign, by_user)
         started = time.perf_counter()
-        vectors, captions = await asyncio.to_thread(self.core.embed_tensors, tensors)
+        vectors, captions = await asyncio.to_thread(self.core.embed_checked, tensors)
         metrics.embed_batch_seconds().observe(time.perf_counter() - started)
         metrics.embed_batch_size().observe(len(tensors))
         return list(zip(vectors, captions, strict=True))

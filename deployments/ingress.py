@@ -15,10 +15,10 @@ from ray import serve
 from ray.exceptions import RayError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors import metrics
+from deployments.deps import Svc, services_of
 from deployments.routes import auth, monitor, queue, search, uploads
-from deployments.services import Services, install
-from deployments.services import current as services_current
+from deployments.services import Services
+from lumen import metrics
 from lumen.config import Settings
 from lumen.errors import LimitExceeded, LumenError, TooManyRequests
 
@@ -26,19 +26,19 @@ log = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes while they stream in (413 naming the limit)."""
+    """Refuse request bodies over the upload limit while they stream in (413 naming it)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = services_of(scope["app"]).settings.limits.max_upload_bytes + 1024**2
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit, send)
             return
         seen = 0
 
@@ -46,8 +46,8 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise LimitExceeded(f"upload is larger than {self.limit} bytes", "max_upload_bytes")
+            if seen > limit:
+                raise LimitExceeded(f"upload is larger than {limit} bytes", "max_upload_bytes")
             return message
 
         await self.app(scope, limited, send)
@@ -74,80 +74,80 @@ def _error_response(exc: LumenError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(
-        title="Lumen image search",
-        description="Upload photos and PDFs, search them by text or image. All routes except "
-        "/signup, /login, /healthz and the UI need `Authorization: Bearer <token>`.",
-        version="0.1.0",
+app = FastAPI(
+    title="Lumen image search",
+    description="Upload photos and PDFs, search them by text or image. All routes except "
+    "/signup, /login, /healthz and the UI need `Authorization: Bearer <token>`.",
+    version="0.1.0",
+)
+
+
+@app.exception_handler(LumenError)
+async def lumen_error(_: Request, exc: LumenError) -> JSONResponse:
+    return _error_response(exc)
+
+
+@app.exception_handler(RayError)
+async def ray_error(_: Request, exc: RayError) -> JSONResponse:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, LumenError):
+        return _error_response(cause)
+    log.warning("ray error at a handle boundary: %r", exc)
+    return JSONResponse(
+        {"detail": "a worker is restarting; retry in a few seconds", "code": "unavailable"},
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
 
-    @app.exception_handler(LumenError)
-    async def lumen_error(_: Request, exc: LumenError) -> JSONResponse:
-        return _error_response(exc)
 
-    @app.exception_handler(RayError)
-    async def ray_error(_: Request, exc: RayError) -> JSONResponse:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, LumenError):
-            return _error_response(cause)
-        log.warning("ray error at a handle boundary: %r", exc)
-        return JSONResponse(
-            {"detail": "a worker is restarting; retry in a few seconds", "code": "unavailable"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
-
-    @app.exception_handler(redis.RedisError)
-    async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
-        log.warning("redis unavailable: %r", exc)
-        return JSONResponse(
-            {"detail": "storage is unavailable; retry shortly", "code": "unavailable"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
-
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_credentials=False,
-        allow_methods=["*"],
-        allow_headers=["Authorization", "Content-Type"],
+@app.exception_handler(redis.RedisError)
+async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
+    log.warning("redis unavailable: %r", exc)
+    return JSONResponse(
+        {"detail": "storage is unavailable; retry shortly", "code": "unavailable"},
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
-    app.add_middleware(BodyLimit, limit=settings.limits.max_upload_bytes + 1024 * 1024)
-
-    for module in (auth, uploads, search, queue, monitor):
-        app.include_router(module.router)
-
-    @app.get("/healthz", tags=["system"])
-    async def healthz() -> JSONResponse:
-        """Liveness for load balancers and the run command. No token needed."""
-        ok = await asyncio.to_thread(services_current().stores.ping)
-        return JSONResponse(
-            {"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503
-        )
-
-    @app.get("/", include_in_schema=False)
-    async def ui() -> HTMLResponse:
-        page = resources.files("lumen").joinpath("web/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(page)
-
-    return app
 
 
-def build_ingress(settings: Settings) -> type:
-    """The Serve deployment class around the FastAPI app for these settings."""
-    app = create_app(settings)
+app.add_middleware(
+    CORSMiddleware,
+    allow_origins=["*"],
+    allow_credentials=False,
+    allow_methods=["*"],
+    allow_headers=["Authorization", "Content-Type"],
+)
+app.add_middleware(BodyLimit)
 
-    @serve.deployment(max_ongoing_requests=200)
-    @serve.ingress(app)
-    class Ingress:
-        """Auth, validation, uploads and SSE; everything else goes through Services."""
+for _module in (auth, uploads, search, queue, monitor):
+    app.include_router(_module.router)
 
-        def __init__(self, settings: Settings, embedder: Any) -> None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            self.services = Services(settings, embedder)
-            install(self.services)
-            self.services.start_keeper()
 
-    return Ingress
+@app.get("/healthz", tags=["system"])
+async def healthz(svc: Svc) -> JSONResponse:
+    """Liveness for load balancers and the run command. No token needed."""
+    ok = await asyncio.to_thread(svc.stores.ping)
+    return JSONResponse(
+        {"status": "ok" if ok else "degraded", "redis": ok}, status_code=200 if ok else 503
+    )
+
+
+@app.get("/", include_in_schema=False)
+async def ui() -> HTMLResponse:
+    page = resources.files("lumen").joinpath("web/index.html").read_text(encoding="utf-8")
+    return HTMLResponse(page)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """Auth, validation, uploads and SSE; use cases run in the core services."""
+
+    def __init__(self, settings: Settings, embedder: Any) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.services = Services(settings, embedder)
+        self.services.supervisor.ensure_started()
+
+    async def check_health(self) -> None:
+        """Serve calls this every few seconds: it also keeps the background actors running."""
+        self.services.supervisor.ensure_started()

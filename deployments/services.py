@@ -1,4 +1,8 @@
-"""What the routes need: stores, auth, uploads, and handles to the Embedder and actors."""
+"""What one ingress replica is wired to: stores, core services, cached actor handles.
+
+Built once per replica in `Ingress.__init__` and kept on `app.state.services`; routes reach
+it through `deps.Svc`. The background actors are supervised here, off the request path.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,116 @@ import logging
 from typing import Any
 
 import numpy as np
+from ray.exceptions import RayActorError
 
 from actors.dispatcher import get_dispatcher
 from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
 from actors.naming import shard_for
-from lumen.answerer import Answerer, make_answerer
+from lumen.account import AccountService
+from lumen.answerer import make_answerer
 from lumen.auth import Authenticator
 from lumen.config import Settings
+from lumen.metrics import RayMetrics
+from lumen.search import SearchHit, SearchService
 from lumen.storage import Stores
 from lumen.uploads import UploadService
 
 log = logging.getLogger(__name__)
 
-
-_current: Services | None = None
-
-
-def install(services: Services) -> None:
-    """Make `services` the one this process's routes use."""
-    global _current
-    _current = services
+SUPERVISE_INTERVAL_S = 2.0
 
 
-def current() -> Services:
-    if _current is None:
-        raise RuntimeError("the ingress has not finished starting")
-    return _current
+class ServeEncoder:
+    """`lumen.search.Encoder` through the Embedder deployment handle."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+
+    async def embed_text(self, text: str) -> np.ndarray:
+        return np.frombuffer(await self.embedder.embed_text.remote(text), dtype="<f4")
+
+    async def embed_image(self, data: bytes) -> np.ndarray:
+        return np.frombuffer(await self.embedder.embed_image_bytes.remote(data), dtype="<f4")
+
+
+class ShardClient:
+    """`Index` and `SpaceCache` through one IndexShard actor handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
+        return await self.handle.search.remote(user, query, k)
+
+    async def search_pdf(
+        self, user: str, query: bytes, text: str, k: int, mode: str
+    ) -> list[SearchHit]:
+        return await self.handle.search_pdf.remote(user, query, text, k, mode)
+
+    async def drop(self, user: str) -> None:
+        await self.handle.drop.remote(user)
+
+
+class ActorHandles:
+    """Handles to the named actors, looked up once and kept (they survive actor restarts)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._shards: dict[int, ShardClient] = {}
+        self._dispatcher: Any = None
+        self._monitor: Any = None
+
+    def shard(self, user: str) -> ShardClient:
+        n = shard_for(user, self.settings.queue.index_shards)
+        if n not in self._shards:
+            self._shards[n] = ShardClient(get_index_shard(self.settings, n))
+        return self._shards[n]
+
+    def dispatcher(self) -> Any:
+        if self._dispatcher is None:
+            self._dispatcher = get_dispatcher(self.settings)
+        return self._dispatcher
+
+    def monitor(self) -> Any:
+        if self._monitor is None:
+            self._monitor = get_monitor(self.settings)
+        return self._monitor
+
+    def forget(self) -> None:
+        """Look every actor up again (one was killed for good and created anew)."""
+        self._shards.clear()
+        self._dispatcher = self._monitor = None
+
+
+class Supervisor:
+    """Keeps the dispatcher's and monitor's loops running; the one place that does."""
+
+    def __init__(self, handles: ActorHandles) -> None:
+        self.handles = handles
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def kick(self) -> None:
+        """Make sure work starts now (after an upload) rather than at the next check."""
+        try:
+            await self.handles.dispatcher().ensure_running.remote()
+        except Exception:  # noqa: BLE001 - restarting: the next check tries again
+            log.warning("dispatcher not reachable", exc_info=True)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.handles.dispatcher().ensure_running.remote()
+                await self.handles.monitor().ensure_running.remote()
+            except RayActorError:
+                self.handles.forget()
+            except Exception:  # noqa: BLE001 - an actor restarting: try again shortly
+                log.warning("background actors not reachable yet", exc_info=True)
+            await asyncio.sleep(SUPERVISE_INTERVAL_S)
 
 
 class Services:
@@ -44,48 +131,13 @@ class Services:
         self.stores = Stores(settings)
         self.auth = Authenticator(settings.auth, self.stores.users)
         self.uploads = UploadService(settings, self.stores)
-        self.embedder = embedder
-        self.answerer: Answerer = make_answerer(settings.gemini)
-        self._keeper: asyncio.Task[None] | None = None
-
-    def shard(self, user: str) -> Any:
-        return get_index_shard(self.settings, shard_for(user, self.settings.queue.index_shards))
-
-    def dispatcher(self) -> Any:
-        return get_dispatcher(self.settings)
-
-    def monitor(self) -> Any:
-        return get_monitor(self.settings)
-
-    def start_keeper(self) -> None:
-        """Keep the dispatcher and monitor loops running, even after they were restarted."""
-        if self._keeper is None or self._keeper.done():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # constructed off the loop: the first request starts it
-                return
-            self._keeper = loop.create_task(self._keep())
-
-    async def _keep(self) -> None:
-        while True:
-            try:
-                await self.dispatcher().ensure_running.remote()
-                await self.monitor().ensure_running.remote()
-            except Exception:  # noqa: BLE001 - an actor restarting: try again shortly
-                log.warning("background actors not reachable yet", exc_info=True)
-            await asyncio.sleep(2.0)
-
-    async def kick(self) -> None:
-        """Make sure work starts now (after an upload) rather than at the next keeper tick."""
-        try:
-            await self.dispatcher().ensure_running.remote()
-        except Exception:  # noqa: BLE001
-            log.warning("dispatcher not reachable", exc_info=True)
-
-    async def embed_text(self, text: str) -> np.ndarray:
-        blob = await self.embedder.embed_text.remote(text)
-        return np.frombuffer(blob, dtype="<f4")
-
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        blob = await self.embedder.embed_image_bytes.remote(data)
-        return np.frombuffer(blob, dtype="<f4")
+        self.actors = ActorHandles(settings)
+        self.supervisor = Supervisor(self.actors)
+        self.search = SearchService(
+            settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,
+            make_answerer(settings.gemini), RayMetrics(),
+        )  # fmt: skip
+        self.account = AccountService(
+            settings.data_dir, self.stores.queue, self.actors.shard,
+            settings.limits.max_status_items,
+        )  # fmt: skip

@@ -1,8 +1,70 @@
-"""Fair claiming across users: round robin with an equal share of free capacity per user."""
+"""Dispatch decisions: fair claiming, embedding chunks, committing, sorting failures.
+
+The dispatcher actor is a shell around `DispatchCore`; everything that decides what happens
+to an item lives here and is reached by unit tests through the Protocols below:
+
+    claim round ──► Embed.embed(user, items) ──► Commit.commit(user, model, dim, rows)
+        │                 │ WorkerDied                 │ ModelMismatch: permanent error
+        │                 │ other exception: transient │ other exception: retried (idempotent)
+        ▼                 ▼                            ▼
+    queue.fail(...) requeues (retry count) or errors an item; events say why.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lumen.config import QueueSettings
+from lumen.errors import ModelMismatch
+from lumen.events import EventKind
+from lumen.metrics import Metrics
+from lumen.worker import EmbedResult
+
+log = logging.getLogger(__name__)
+
+CLAIMER = "dispatcher"
+MAX_REASON_CHARS = 500
+COMMIT_ATTEMPTS = 3
+
+
+class WorkerDied(Exception):
+    """The embedder replica serving a chunk died with it (the shell maps Ray's error here)."""
+
+
+class Embed(Protocol):
+    async def embed(self, user: str, items: list[str]) -> Sequence[EmbedResult]: ...
+
+
+class Commit(Protocol):
+    async def commit(
+        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+    ) -> dict[str, int]: ...
+
+
+class Retried(Protocol):
+    user: str
+    item: str
+    state: str
+
+
+class DispatchQueue(Protocol):
+    """The queue operations the dispatcher needs (`lumen.storage.QueueStore` has them)."""
+
+    def active_users(self) -> list[str]: ...
+    def depth(self) -> dict[str, int]: ...
+    def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]: ...
+    def requeue_expired(self, max_retries: int) -> Sequence[Retried]: ...
+    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[str]: ...
+    def workers_of(self, user: str, items: list[str]) -> dict[str, str]: ...
+
+
+class EventSink(Protocol):
+    def record(self, kind: str, **fields: Any) -> Any: ...
 
 
 @dataclass
@@ -31,3 +93,192 @@ class RoundRobin:
         # the next round starts with the first user this round could not serve
         self.offset = (start + len(plan)) % len(users)
         return plan
+
+
+@dataclass(frozen=True)
+class Failure:
+    item: str
+    reason: str
+    permanent: bool
+
+
+class DispatchCore:
+    """Claims fairly, keeps the embedders busy, commits results and retries failures.
+
+    State lives in the queue (Redis): a lost chunk passes its deadline and is requeued by
+    `sweep`, so nothing here has to survive a restart. Blocking queue calls run on threads.
+    """
+
+    def __init__(
+        self,
+        settings: QueueSettings,
+        queue: DispatchQueue,
+        events: EventSink,
+        embed: Embed,
+        commit: Commit,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.events = events
+        self.embedder = embed
+        self.index = commit
+        self.metrics = metrics
+        self.rr = RoundRobin()
+        self.inflight = 0
+        self.processed = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def capacity(self) -> int:
+        return self.settings.dispatch_batch_size * self.settings.max_inflight_batches
+
+    async def run(self) -> None:
+        """Sweep deadlines once a second, claim whenever there is room; never returns."""
+        loop = asyncio.get_running_loop()
+        last_sweep = float("-inf")
+        while True:
+            try:
+                if loop.time() - last_sweep >= 1.0:
+                    last_sweep = loop.time()
+                    await asyncio.to_thread(self.sweep)
+                await self.round()
+            except Exception:  # noqa: BLE001 - Redis restarting, Serve redeploying: go on
+                log.exception("dispatch round failed")
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def round(self) -> int:
+        """Claim up to the free capacity and start a task per chunk; returns items claimed."""
+        free = self.capacity - self.inflight
+        if free <= 0:
+            return 0
+        claimed = await asyncio.to_thread(self.claim, free)
+        for user, items in claimed:
+            self.inflight += len(items)
+            task = asyncio.get_running_loop().create_task(self.process(user, items))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return sum(len(items) for _, items in claimed)
+
+    async def drain(self) -> None:
+        """Wait for every chunk in flight (tests, shutdown)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    def claim(self, free: int) -> list[tuple[str, list[str]]]:
+        s = self.settings
+        users = self.queue.active_users()
+        for state, n in self.queue.depth().items():
+            self.metrics.queue_depth(state, n)
+        out = []
+        for user, n in self.rr.plan(users, free, s.dispatch_batch_size):
+            items = self.queue.claim(user, n, CLAIMER, s.task_timeout_s)
+            if items:
+                out.append((user, items))
+        return out
+
+    def sweep(self) -> None:
+        """Requeue (or error) items whose deadline passed; say so in events."""
+        for r in self.queue.requeue_expired(self.settings.max_retries):
+            if r.state == "gone":
+                continue
+            self.metrics.items_failed("timeout", 1)
+            self.events.record(EventKind.TASK_TIMEOUT, user=r.user, item=r.item, state=r.state)
+            if r.state == "error":
+                self.events.record(
+                    EventKind.ITEM_FAILED, user=r.user, item=r.item, reason="task timed out"
+                )
+
+    async def process(self, user: str, items: list[str]) -> None:
+        """Embed one user's chunk and settle every item in it: done, requeued or errored."""
+        try:
+            try:
+                results = await self.embedder.embed(user, items)
+            except WorkerDied:
+                await asyncio.to_thread(self.requeue_dead, user, items)
+                return
+            except Exception as exc:  # noqa: BLE001 - any other call failure: retry later
+                reason = f"embedder call failed: {exc!r}"
+                failed = [Failure(i, reason, permanent=False) for i in items]
+                await asyncio.to_thread(self.fail, user, failed)
+                return
+            ok = [r for r in results if r.error is None]
+            failed = [Failure(r.item, r.error, r.permanent) for r in results if r.error is not None]
+            if ok:
+                await self.commit(user, ok)
+            if failed:
+                await asyncio.to_thread(self.fail, user, failed)
+        except Exception:  # noqa: BLE001 - the deadline requeues whatever was lost here
+            log.exception("processing a chunk for %s failed", user)
+        finally:
+            self.inflight -= len(items)
+
+    async def commit(self, user: str, results: list[EmbedResult]) -> None:
+        """Commit by the model that made each vector (two while a redeploy rolls over).
+
+        A commit is idempotent, so one whose reply was lost is sent again; its answer names
+        every item done with these vectors, including those the lost call committed.
+        """
+        by_model: dict[tuple[str, int], list[EmbedResult]] = defaultdict(list)
+        for r in results:
+            by_model[(r.model_id, r.dim)].append(r)
+        for (model_id, dim), group in by_model.items():
+            rows = [(r.item, r.vector, r.caption) for r in group if r.vector is not None]
+            try:
+                committed = await self._commit_with_retries(user, model_id, dim, rows)
+            except ModelMismatch as exc:  # retrying cannot help: the items error out with why
+                failed = [Failure(r.item, exc.message, permanent=True) for r in group]
+                await asyncio.to_thread(self.fail, user, failed)
+                continue
+            self.processed += len(committed)
+            if committed:
+                self.metrics.items_done(len(committed))
+
+    async def _commit_with_retries(
+        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+    ) -> dict[str, int]:
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return await self.index.commit(user, model_id, dim, rows)
+            except ModelMismatch:
+                raise
+            except Exception:  # noqa: BLE001 - lost reply or a restarting shard: send again
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.warning("commit for %s failed (attempt %d); retrying", user, attempt)
+                await asyncio.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    def fail(self, user: str, failed: list[Failure]) -> None:
+        """Transient failures count a retry (error after the limit); permanent ones error now."""
+        transient = [(user, f.item, f.reason[:MAX_REASON_CHARS]) for f in failed if not f.permanent]
+        permanent = [(user, f.item, f.reason[:MAX_REASON_CHARS]) for f in failed if f.permanent]
+        states = self.queue.fail(transient, self.settings.max_retries) if transient else []
+        states += self.queue.fail(permanent, -1) if permanent else []
+        if transient:
+            self.metrics.items_failed("transient", len(transient))
+        if permanent:
+            self.metrics.items_failed("permanent", len(permanent))
+        for (u, item, reason), state in zip(transient + permanent, states, strict=True):
+            if state == "error":
+                self.events.record(EventKind.ITEM_FAILED, user=u, item=item, reason=reason)
+
+    def requeue_dead(self, user: str, items: list[str]) -> None:
+        """A replica died with the chunk: retry each item and tell who lost what."""
+        workers = self.queue.workers_of(user, items)
+        by_worker: dict[str, list[str]] = defaultdict(list)
+        for item in items:
+            by_worker[workers.get(item, "unknown")].append(item)
+        states = self.queue.fail(
+            [(user, i, "worker died") for i in items], self.settings.max_retries
+        )
+        requeued = {i for i, s in zip(items, states, strict=True) if s == "queued"}
+        self.metrics.items_failed("worker_dead", len(items))
+        for worker, its in by_worker.items():
+            self.events.record(
+                EventKind.WORKER_DEAD,
+                worker=worker,
+                user=user,
+                requeued=[i for i in its if i in requeued],
+            )

@@ -1,14 +1,42 @@
 """Prometheus metrics through `ray.util.metrics`; Ray exports them on each node's metrics port.
 
 Created lazily, once per process, because a Ray metric belongs to the process that records it.
-The list is in docs/metrics.md.
+The list is in docs/metrics.md. Core services record through the `Metrics` Protocol, so unit
+tests pass a recorder and the core never needs a Ray process.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from typing import Protocol
 
 from ray.util.metrics import Counter, Gauge, Histogram
+
+
+class Metrics(Protocol):
+    """What core services record; `RayMetrics` exports it, tests keep it in memory."""
+
+    def queue_depth(self, state: str, n: int) -> None: ...
+    def items_done(self, n: int) -> None: ...
+    def items_failed(self, kind: str, n: int) -> None: ...
+    def search_seconds(self, route: str, seconds: float) -> None: ...
+
+
+class RayMetrics:
+    """`Metrics` through the Ray metrics below."""
+
+    def queue_depth(self, state: str, n: int) -> None:
+        queue_depth().set(n, tags={"state": state})
+
+    def items_done(self, n: int) -> None:
+        items_done().inc(n)
+
+    def items_failed(self, kind: str, n: int) -> None:
+        items_failed().inc(n, tags={"kind": kind})
+
+    def search_seconds(self, route: str, seconds: float) -> None:
+        search_seconds().observe(seconds, tags={"route": route})
+
 
 _LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 _BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]

@@ -14,17 +14,9 @@ from lumen.config import Settings
 from lumen.errors import ModelMismatch
 from lumen.index import UserIndex
 from lumen.pdfsearch import BM25Index, fuse
+from lumen.search import SearchHit
 from lumen.storage import Stores
 from lumen.vectors import decode_vectors
-
-
-@dataclass(frozen=True)
-class Hit:
-    item: str
-    similarity: float
-    caption: str = ""
-    text_score: float | None = None
-    fused: float | None = None
 
 
 @contextmanager
@@ -114,7 +106,7 @@ class SpaceRegistry:
     def drop(self, user: str) -> None:
         self.spaces.pop(user, None)
 
-    def search(self, user: str, query: np.ndarray, k: int) -> list[Hit]:
+    def search(self, user: str, query: np.ndarray, k: int) -> list[SearchHit]:
         space = self.load(user)
         if space is None or len(space.images) == 0:
             return []
@@ -124,7 +116,7 @@ class SpaceRegistry:
 
     def search_pdf(
         self, user: str, query_vec: np.ndarray, query: str, k: int, mode: str = "fused"
-    ) -> list[Hit]:
+    ) -> list[SearchHit]:
         """Best PDF pages: `fused` (CLIP + page text), or `text` / `image` alone."""
         space = self.load(user)
         if space is None or len(space.pdf_pages) == 0:
@@ -142,7 +134,8 @@ class SpaceRegistry:
         else:  # one side alone (evaluation): ties are broken by the other side
             fused = fuse(clip_scores, text, k=k, text_weight=1.0 if mode == "text" else 0.0)
         return [
-            Hit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score) for h in fused
+            SearchHit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score)
+            for h in fused
         ]
 
     def _check_dim(self, user: str, query: np.ndarray) -> None:
@@ -153,10 +146,10 @@ class SpaceRegistry:
                 "(POST /reset) and upload again to search with the current model"
             )
 
-    def _hits(self, user: str, pairs: list[tuple[int, float]]) -> list[Hit]:
+    def _hits(self, user: str, pairs: list[tuple[int, float]]) -> list[SearchHit]:
         described = self.stores.vectors.describe(user, [vid for vid, _ in pairs])
         return [
-            Hit(item, float(score), caption)
+            SearchHit(item, float(score), caption)
             for (item, caption), (_, score) in zip(described, pairs, strict=True)
             if item
         ]

@@ -35,6 +35,10 @@ class EmbedResult:
     dim: int = 0
 
 
+# Consecutive failed forward passes after which a replica reports itself unhealthy.
+MAX_FORWARD_FAILURES = 3
+
+
 class EmbedderCore:
     """Loads the model once; decodes on threads; embeds whole batches."""
 
@@ -48,6 +52,8 @@ class EmbedderCore:
         self._draft = (side, side)
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)
+        self.forward_failures = 0
+        self.last_forward_error: str | None = None
 
     @property
     def model_id(self) -> str:
@@ -73,6 +79,26 @@ class EmbedderCore:
         vectors = self.model.encode_image_tensors(torch.stack(tensors))
         captions = self.captioner.caption(vectors, self.settings.model.caption_labels)
         return vectors, captions
+
+    def embed_checked(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str]]:
+        """`embed_tensors`, counting consecutive failures of the model itself."""
+        try:
+            out = self.embed_tensors(tensors)
+        except Exception as exc:
+            self.forward_failures += 1
+            self.last_forward_error = repr(exc)[:300]
+            raise
+        self.forward_failures = 0
+        return out
+
+    def health_problem(self) -> str | None:
+        """Why this replica cannot embed, or None: the model failed its last few batches."""
+        if self.forward_failures >= MAX_FORWARD_FAILURES:
+            return (
+                f"the model failed {self.forward_failures} batches in a row "
+                f"(last: {self.last_forward_error})"
+            )
+        return None
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self.model.encode_texts(texts)

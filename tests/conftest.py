@@ -89,7 +89,10 @@ class Service:
     config: dict[str, Any]
 
     def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kw)
+        """An HTTP client with an address of its own (the service trusts 127.0.0.1 as a
+        proxy), so per-address throttles never mix up unrelated tests."""
+        headers = {"X-Forwarded-For": random_address(), **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kw)
 
     def new_user(self, prefix: str = "u") -> tuple[str, dict[str, str]]:
         """Sign up and log in a fresh user; returns (name, auth headers)."""
@@ -103,6 +106,12 @@ class Service:
 
 
 ADMIN = "operator"
+
+
+def random_address() -> str:
+    """A random private (10/8) address: one per test client."""
+    n = secrets.randbelow(2**24)
+    return f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}"
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +131,7 @@ def service_settings(
         "redis": {"url": redis_url, "namespace": f"t{uuid.uuid4().hex[:6]}"},
         "model": model,
         "queue": {"task_timeout_s": 15.0, "max_retries": 3, "poll_interval_s": 0.02},
-        "auth": {"admin_users": [ADMIN]},
+        "auth": {"admin_users": [ADMIN], "trusted_proxies": ["127.0.0.1"]},
         "gemini": {"api_key": secrets.token_hex(16), "base_url": gemini.base_url, "timeout_s": 2},
         "monitor": {"poll_interval_s": 1.0, "sse_interval_s": 0.25, "heartbeat_interval_s": 1.0},
     }

@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 from pydantic import BaseModel
 
-from deployments.deps import Svc
+from deployments.deps import Client, Svc
+from deployments.schemas import MessageResponse, TokenResponse
 
 router = APIRouter(tags=["auth"])
 
@@ -18,23 +19,14 @@ class SignupRequest(BaseModel):
     password: str
 
 
-class MessageResponse(BaseModel):
-    message: str
-
-
-class TokenResponse(BaseModel):
-    access_token: str
-    token_type: str = "bearer"
-
-
 @router.post(
     "/signup",
     response_model=MessageResponse,
     responses={400: {"description": "bad username or password"}, 409: {"description": "taken"}},
 )
-async def signup(body: SignupRequest, svc: Svc) -> MessageResponse:
+async def signup(body: SignupRequest, svc: Svc, client: Client) -> MessageResponse:
     """Create an account. No token needed."""
-    await asyncio.to_thread(svc.auth.signup, body.username, body.password)
+    await asyncio.to_thread(svc.auth.signup, body.username, body.password, client)
     return MessageResponse(message="Signup successful")
 
 
@@ -44,8 +36,8 @@ async def signup(body: SignupRequest, svc: Svc) -> MessageResponse:
     responses={401: {"description": "wrong credentials"}, 429: {"description": "throttled"}},
 )
 async def login(
-    username: Annotated[str, Form()], password: Annotated[str, Form()], svc: Svc
+    username: Annotated[str, Form()], password: Annotated[str, Form()], svc: Svc, client: Client
 ) -> TokenResponse:
     """Exchange username and password (form data) for a bearer token."""
-    token = await asyncio.to_thread(svc.auth.login, username, password)
+    token = await asyncio.to_thread(svc.auth.login, username, password, client)
     return TokenResponse(access_token=token)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deployments.deps import AUTH_ERRORS, AdminUser, StreamUser, Svc
+from deployments.schemas import MessageResponse
 from deployments.sse import sse_stream
 
 router = APIRouter(prefix="/monitor", tags=["monitor"], responses=AUTH_ERRORS)
@@ -16,10 +17,9 @@ router = APIRouter(prefix="/monitor", tags=["monitor"], responses=AUTH_ERRORS)
 @router.get("/worker", response_class=StreamingResponse)
 async def workers(request: Request, user: StreamUser, svc: Svc) -> StreamingResponse:
     """SSE: every Embedder replica, `health`/`stale`/`starting`/`dead`, with its metrics."""
-    monitor = svc.monitor()
 
     async def snapshot() -> object:
-        return await monitor.workers.remote()
+        return await svc.actors.monitor().workers.remote()
 
     return sse_stream(request, snapshot, svc.settings.monitor)
 
@@ -34,8 +34,8 @@ async def events(request: Request, user: StreamUser, svc: Svc) -> StreamingRespo
     return sse_stream(request, snapshot, svc.settings.monitor)
 
 
-@router.post("/events/reset")
-async def reset_events(user: AdminUser, svc: Svc) -> dict[str, str]:
+@router.post("/events/reset", response_model=MessageResponse)
+async def reset_events(user: AdminUser, svc: Svc) -> MessageResponse:
     """Clear the event log. Operators only (LUMEN_AUTH__ADMIN_USERS)."""
     await asyncio.to_thread(svc.stores.events.reset)
-    return {"message": "Monitor events reset successfully."}
+    return MessageResponse(message="Monitor events reset successfully.")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deployments.deps import AUTH_ERRORS, CurrentUser, StreamUser, Svc
+from deployments.schemas import DoneResponse, MessageResponse, StatusResponse
 from deployments.sse import sse_stream
-from lumen.errors import Conflict, NotFound
 
 router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
 
@@ -20,38 +18,29 @@ async def status(request: Request, user: StreamUser, svc: Svc) -> StreamingRespo
 
     Auth: bearer header, or `?token=` for browsers' EventSource.
     """
-    cap = svc.settings.limits.max_status_items
 
     async def snapshot() -> object:
-        st = await asyncio.to_thread(svc.stores.queue.status, user, cap)
-        return st.as_dict()
+        frame = StatusResponse.model_validate(await svc.account.status(user), from_attributes=True)
+        return frame.model_dump()
 
     return sse_stream(request, snapshot, svc.settings.monitor)
 
 
-@router.get("/done")
-async def done(user: CurrentUser, svc: Svc) -> dict[str, list[str]]:
+@router.get("/done", response_model=DoneResponse)
+async def done(user: CurrentUser, svc: Svc) -> DoneResponse:
     """Every processed item of the caller."""
-    return {"done_images": await asyncio.to_thread(svc.stores.queue.done, user)}
+    return DoneResponse(done_images=await svc.account.done(user))
 
 
-@router.delete("/queue/{item:path}")
-async def delete_queued(item: str, user: CurrentUser, svc: Svc) -> dict[str, str]:
+@router.delete("/queue/{item:path}", response_model=MessageResponse)
+async def delete_queued(item: str, user: CurrentUser, svc: Svc) -> MessageResponse:
     """Remove a waiting item from the caller's queue; it will never be embedded."""
-    removed = await asyncio.to_thread(svc.stores.queue.delete_queued, user, item)
-    if removed == 0:
-        state = await asyncio.to_thread(svc.stores.queue.state_of, user, item)
-        if state is None:
-            raise NotFound(f"{item} is not in your queue")
-        raise Conflict(f"{item} is {state}, not waiting; only queued items can be removed")
-    await asyncio.to_thread(svc.uploads.remove_file, user, item)
-    return {"message": f"Removed {removed} occurrence(s) of {item} from queue."}
+    removed = await svc.account.delete_queued(user, item)
+    return MessageResponse(message=f"Removed {removed} occurrence(s) of {item} from queue.")
 
 
-@router.post("/reset")
-async def reset(user: CurrentUser, svc: Svc) -> dict[str, str]:
+@router.post("/reset", response_model=MessageResponse)
+async def reset(user: CurrentUser, svc: Svc) -> MessageResponse:
     """Delete the caller's index, metadata, files and queue records; nobody else's."""
-    await asyncio.to_thread(svc.stores.queue.reset, user)
-    await svc.shard(user).drop.remote(user)
-    await asyncio.to_thread(svc.uploads.remove_user_files, user)
-    return {"message": f"Reset completed for user {user}."}
+    await svc.account.reset(user)
+    return MessageResponse(message=f"Reset completed for user {user}.")

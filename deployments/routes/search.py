@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from actors import metrics
 from deployments.deps import AUTH_ERRORS, CurrentUser, StreamUser, Svc
+from deployments.schemas import PageResult, PdfSearchResponse, SearchResponse, SearchResult
 from lumen.errors import BadRequest, LimitExceeded, NotFound
 from lumen.ingest.images import to_browser_bytes
 from lumen.paths import resolve_item
-from lumen.vectors import normalize
+from lumen.search import clean_query, parse_mode, parse_top_k
 
 router = APIRouter(tags=["search"], responses=AUTH_ERRORS)
 
-
-def parse_top_k(raw: str | None, default: int, maximum: int) -> int:
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"top_k must be an integer between 1 and {maximum}") from None
-    if not 1 <= value <= maximum:
-        raise BadRequest(f"top_k must be between 1 and {maximum}")
-    return value
-
-
-def clean_query(raw: str | None, max_chars: int) -> str | None:
-    if raw is None or not raw.strip():
-        return None
-    if len(raw) > max_chars:
-        raise LimitExceeded(f"query is longer than {max_chars} characters", "max_query_chars")
-    return raw.strip()
+NO_PAGES = "No PDF pages indexed yet: upload a PDF with POST /upload/pdf."
 
 
 async def _read_query_image(image: UploadFile | None, max_bytes: int) -> bytes | None:
@@ -51,100 +31,73 @@ async def _read_query_image(image: UploadFile | None, max_bytes: int) -> bytes |
     return data
 
 
-@router.post("/search")
+@router.post("/search", response_model=SearchResponse)
 async def search(
     user: CurrentUser,
     svc: Svc,
     query: Annotated[str | None, Form()] = None,
     image: Annotated[UploadFile | None, File()] = None,
     top_k: Annotated[str | None, Form()] = None,
-) -> dict[str, object]:
+) -> SearchResponse:
     """Find the caller's most similar images to a text, an image, or both (vectors averaged)."""
-    started = time.perf_counter()
     limits = svc.settings.limits
     k = parse_top_k(top_k, 5, limits.max_top_k)
     text = clean_query(query, limits.max_query_chars)
     data = await _read_query_image(image, limits.max_search_image_bytes)
-    if text is None and data is None:
-        raise BadRequest("give a text `query`, an `image`, or both")
-    vectors = []
-    if text is not None:
-        vectors.append(await svc.embed_text(text))
-    if data is not None:
-        vectors.append(await svc.embed_image(data))
-    qvec = normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0].astype("<f4")
-    hits = await svc.shard(user).search.remote(user, qvec.tobytes(), k)
-    metrics.search_seconds().observe(time.perf_counter() - started, tags={"route": "/search"})
-    return {
-        "results": [
-            {
-                "filename": h.item,
-                "caption": h.caption,
-                "similarity": round(h.similarity, 6),
-                "image_path": f"/data/{h.item}",
-                "image_url": f"/image/{h.item}",
-            }
+    hits = await svc.search.images(user, text, data, k)
+    return SearchResponse(
+        results=[
+            SearchResult(
+                filename=h.item,
+                caption=h.caption,
+                similarity=h.similarity,
+                image_path=f"/data/{h.item}",
+                image_url=f"/image/{h.item}",
+            )  # fmt: skip
             for h in hits
         ]
-    }
+    )
 
 
-@router.post("/search/pdf")
+@router.post("/search/pdf", response_model=PdfSearchResponse)
 async def search_pdf(
     user: CurrentUser,
     svc: Svc,
     query: Annotated[str | None, Form()] = None,
     top_k: Annotated[str | None, Form()] = None,
     mode: Annotated[str, Form(description="fused (default), text or image")] = "fused",
-) -> dict[str, object]:
+) -> PdfSearchResponse:
     """Find the best page of the caller's PDFs (CLIP + page text) and ask Gemini about it."""
-    started = time.perf_counter()
     limits = svc.settings.limits
     k = parse_top_k(top_k, 1, limits.max_top_k)
-    if mode not in ("fused", "text", "image"):
-        raise BadRequest("mode must be one of: fused, text, image")
+    search_mode = parse_mode(mode)
     text = clean_query(query, limits.max_query_chars)
     if text is None:
         raise BadRequest("`query` is required")
-    qvec = await svc.embed_text(text)
-    qbytes = qvec.astype("<f4").tobytes()
-    hits = await svc.shard(user).search_pdf.remote(user, qbytes, text, k, mode)
-    if not hits:
-        return {
-            "query": text,
-            "top_result": None,
-            "gemini_answer": None,
-            "message": "No PDF pages indexed yet: upload a PDF with POST /upload/pdf.",
-            "results": [],
-        }
-    metas = await asyncio.to_thread(svc.stores.queue.meta, user, [h.item for h in hits])
+    found = await svc.search.pdf(user, text, k, search_mode)
+    if not found.pages:
+        return PdfSearchResponse(
+            query=text, top_result=None, gemini_answer=None, message=NO_PAGES, results=[]
+        )
     results = [
-        {
-            "filename": h.item,
-            "similarity": round(h.similarity, 6),
-            "image_url": f"/image/{h.item}",
-            "doc": (m or {}).get("doc"),
-            "page": (m or {}).get("page"),
-            "text_score": h.text_score,
-            "score": h.fused,
-        }
-        for h, m in zip(hits, metas, strict=True)
+        PageResult(
+            filename=p.item,
+            similarity=p.similarity,
+            image_url=f"/image/{p.item}",
+            doc=p.doc,
+            page=p.page,
+            text_score=p.text_score,
+            score=p.score,
+        )  # fmt: skip
+        for p in found.pages
     ]
-    metrics.search_seconds().observe(time.perf_counter() - started, tags={"route": "/search/pdf"})
-    top = hits[0]
-    page_path = resolve_item(svc.settings.data_dir, user, top.item)
-    page_text = await asyncio.to_thread(svc.stores.queue.pdf_text, user, top.item)
-    image_bytes = await asyncio.to_thread(page_path.read_bytes)
-    answer = await asyncio.to_thread(
-        svc.answerer.answer, text, image_bytes, "image/jpeg", page_text
+    return PdfSearchResponse(
+        query=text,
+        top_result=results[0],
+        gemini_answer=found.answer,
+        gemini_reason=found.reason,
+        results=results,
     )
-    return {
-        "query": text,
-        "top_result": results[0],
-        "gemini_answer": answer.text,
-        "gemini_reason": answer.reason,
-        "results": results,
-    }
 
 
 @router.get("/image/{path:path}", responses={404: {"description": "Image not found"}})

@@ -14,6 +14,7 @@ from typing import Annotated, BinaryIO
 from fastapi import APIRouter, File, UploadFile
 
 from deployments.deps import AUTH_ERRORS, CurrentUser, Svc
+from deployments.schemas import UploadResponse
 from lumen.errors import BadRequest, LimitExceeded
 
 router = APIRouter(tags=["uploads"], responses=AUTH_ERRORS)
@@ -53,37 +54,37 @@ def _on_disk(svc: Svc, handle: BinaryIO) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-@router.post("/upload", responses=_ERRORS)
+@router.post("/upload", responses=_ERRORS, response_model=UploadResponse)
 async def upload_zip(
     zip_file: Annotated[UploadFile, File(description="ZIP of .jpg/.jpeg/.png/.heic images")],
     user: CurrentUser,
     svc: Svc,
-) -> dict[str, object]:
+) -> UploadResponse:
     """Extract a ZIP of images into the caller's folder and queue each new image."""
 
-    def work() -> dict[str, object]:
-        return svc.uploads.ingest_zip(user, _checked(svc, zip_file)).as_dict()
+    def work() -> object:
+        return svc.uploads.ingest_zip(user, _checked(svc, zip_file))
 
     out = await asyncio.to_thread(work)
-    await svc.kick()
-    return out
+    await svc.supervisor.kick()
+    return UploadResponse.model_validate(out, from_attributes=True)
 
 
-@router.post("/upload/pdf", responses=_ERRORS)
+@router.post("/upload/pdf", responses=_ERRORS, response_model=UploadResponse)
 async def upload_pdf(
     upload_file: Annotated[UploadFile, File(description="a PDF, or a ZIP of images")],
     user: CurrentUser,
     svc: Svc,
-) -> dict[str, object]:
+) -> UploadResponse:
     """Render a PDF's pages (or extract a ZIP's images) and queue them."""
 
-    def work() -> dict[str, object]:
+    def work() -> object:
         handle = _checked(svc, upload_file)
         if svc.uploads.is_zip(handle):
-            return svc.uploads.ingest_zip(user, handle).as_dict()
+            return svc.uploads.ingest_zip(user, handle)
         with _on_disk(svc, handle) as path:
-            return svc.uploads.ingest_pdf(user, path, upload_file.filename).as_dict()
+            return svc.uploads.ingest_pdf(user, path, upload_file.filename)
 
     out = await asyncio.to_thread(work)
-    await svc.kick()
-    return out
+    await svc.supervisor.kick()
+    return UploadResponse.model_validate(out, from_attributes=True)

@@ -1,0 +1,70 @@
+"""HTTP response models: the spec's shapes exactly, plus the additions in docs/api.md."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class MessageResponse(BaseModel):
+    message: str
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+
+
+class UploadResponse(BaseModel):
+    message: str
+    queued: list[str]
+    duplicates: dict[str, str] = Field(
+        default_factory=dict, description="new name -> the item already holding those bytes"
+    )
+    skipped: dict[str, str] = Field(default_factory=dict, description="ZIP member -> reason")
+
+
+class StatusResponse(BaseModel):
+    """One `/status` frame."""
+
+    queue: int
+    queued_items: list[str]
+    processing: list[str]
+    processing_workers: dict[str, str]
+    done: list[str]
+    errors: dict[str, str]
+    retries: dict[str, str]
+
+
+class DoneResponse(BaseModel):
+    done_images: list[str]
+
+
+class SearchResult(BaseModel):
+    filename: str
+    caption: str
+    similarity: float
+    image_path: str
+    image_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+
+
+class PageResult(BaseModel):
+    filename: str
+    similarity: float
+    image_url: str
+    doc: str | None
+    page: int | None
+    text_score: float | None
+    score: float | None
+
+
+class PdfSearchResponse(BaseModel):
+    query: str
+    top_result: PageResult | None
+    gemini_answer: str | None
+    gemini_reason: str | None = None
+    message: str | None = None
+    results: list[PageResult]

@@ -1,0 +1,75 @@
+"""A user's own queue and data: status, done list, removing a queued item, reset.
+
+What an operation means is decided here, not in HTTP code: a reset clears Redis first (the
+truth), then the shard's cached space, then the files; a delete removes only a waiting item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from lumen.errors import Conflict, NotFound
+from lumen.paths import resolve_item, user_root
+
+
+class AccountQueue(Protocol):
+    """The queue operations behind these use cases (`lumen.storage.QueueStore` has them)."""
+
+    def status(self, user: str, max_items: int) -> Any: ...
+    def done(self, user: str) -> list[str]: ...
+    def delete_queued(self, user: str, item: str) -> int: ...
+    def state_of(self, user: str, item: str) -> str | None: ...
+    def reset(self, user: str) -> None: ...
+
+
+class SpaceCache(Protocol):
+    """The shard that caches the user's space."""
+
+    async def drop(self, user: str) -> None: ...
+
+
+class AccountService:
+    """The caller's queue and data, and nobody else's."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        queue: AccountQueue,
+        space_for: Callable[[str], SpaceCache],
+        max_status_items: int,
+    ) -> None:
+        self.data_dir = data_dir
+        self.queue = queue
+        self.space_for = space_for
+        self.max_status_items = max_status_items
+
+    async def status(self, user: str) -> Any:
+        """The spec's `/status` payload (each list capped at `max_status_items`)."""
+        return await asyncio.to_thread(self.queue.status, user, self.max_status_items)
+
+    async def done(self, user: str) -> list[str]:
+        return await asyncio.to_thread(self.queue.done, user)
+
+    async def delete_queued(self, user: str, item: str) -> int:
+        """Remove a waiting item and its file; 404 if unknown, 409 if it is not waiting."""
+        removed = await asyncio.to_thread(self.queue.delete_queued, user, item)
+        if removed == 0:
+            state = await asyncio.to_thread(self.queue.state_of, user, item)
+            if state is None:
+                raise NotFound(f"{item} is not in your queue")
+            raise Conflict(f"{item} is {state}, not waiting; only queued items can be removed")
+        await asyncio.to_thread(self._remove_file, user, item)
+        return removed
+
+    async def reset(self, user: str) -> None:
+        """Delete the user's index, metadata, queue records and files; the account stays."""
+        await asyncio.to_thread(self.queue.reset, user)
+        await self.space_for(user).drop(user)
+        await asyncio.to_thread(shutil.rmtree, user_root(self.data_dir, user), True)
+
+    def _remove_file(self, user: str, item: str) -> None:
+        resolve_item(self.data_dir, user, item).unlink(missing_ok=True)

@@ -1,0 +1,187 @@
+"""Search use cases: images by text and/or image, PDF pages by question (with an answer).
+
+Framework-free: the ingress hands in an `Encoder` (the Embedder deployment), an `Index`
+(the user's IndexShard) and the stores; unit tests hand in fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from lumen.answerer import Answerer
+from lumen.errors import BadRequest, LimitExceeded
+from lumen.metrics import Metrics
+from lumen.paths import resolve_item
+from lumen.vectors import normalize
+
+T = TypeVar("T")
+Blocking = Callable[..., Awaitable[Any]]
+
+
+class SearchMode(StrEnum):
+    """Which side ranks PDF pages: both fused (default), page text alone, or CLIP alone."""
+
+    FUSED = "fused"
+    TEXT = "text"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One item a search found; PDF searches add the text side and the fused score."""
+
+    item: str
+    similarity: float
+    caption: str = ""
+    text_score: float | None = None
+    fused: float | None = None
+
+
+class Encoder(Protocol):
+    async def embed_text(self, text: str) -> np.ndarray: ...
+    async def embed_image(self, data: bytes) -> np.ndarray: ...
+
+
+class Index(Protocol):
+    """The shard holding a user's space."""
+
+    async def search(self, user: str, query: bytes, k: int) -> list[SearchHit]: ...
+    async def search_pdf(
+        self, user: str, query: bytes, text: str, k: int, mode: str
+    ) -> list[SearchHit]: ...
+
+
+class PageStore(Protocol):
+    def meta(self, user: str, items: list[str]) -> list[dict[str, Any] | None]: ...
+    def pdf_text(self, user: str, item: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    item: str
+    caption: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class PageResult:
+    item: str
+    similarity: float
+    doc: str | None
+    page: int | None
+    text_score: float | None
+    score: float | None
+
+
+@dataclass
+class PdfAnswer:
+    query: str
+    pages: list[PageResult] = field(default_factory=list)
+    answer: str | None = None
+    reason: str | None = None
+
+
+def parse_top_k(raw: str | None, default: int, maximum: int) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"top_k must be an integer between 1 and {maximum}") from None
+    if not 1 <= value <= maximum:
+        raise BadRequest(f"top_k must be between 1 and {maximum}")
+    return value
+
+
+def clean_query(raw: str | None, max_chars: int) -> str | None:
+    if raw is None or not raw.strip():
+        return None
+    if len(raw) > max_chars:
+        raise LimitExceeded(f"query is longer than {max_chars} characters", "max_query_chars")
+    return raw.strip()
+
+
+def parse_mode(raw: str) -> SearchMode:
+    try:
+        return SearchMode(raw)
+    except ValueError:
+        raise BadRequest("mode must be one of: fused, text, image") from None
+
+
+async def _thread(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+class SearchService:
+    """Searches a user's own space; PDF questions also get the best page's answer."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        encoder: Encoder,
+        index_for: Callable[[str], Index],
+        pages: PageStore,
+        answerer: Answerer,
+        metrics: Metrics,
+        answer_runner: Blocking = _thread,
+        io_runner: Blocking = _thread,
+    ) -> None:
+        self.data_dir = data_dir
+        self.encoder = encoder
+        self.index_for = index_for
+        self.pages = pages
+        self.answerer = answerer
+        self.metrics = metrics
+        self.run_answer = answer_runner
+        self.run_io = io_runner
+
+    async def images(
+        self, user: str, text: str | None, image: bytes | None, k: int
+    ) -> list[ImageResult]:
+        """Items most similar to the text, the image, or both (their vectors averaged)."""
+        if text is None and image is None:
+            raise BadRequest("give a text `query`, an `image`, or both")
+        started = time.perf_counter()
+        vectors = []
+        if text is not None:
+            vectors.append(await self.encoder.embed_text(text))
+        if image is not None:
+            vectors.append(await self.encoder.embed_image(image))
+        query = normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0].astype("<f4")
+        hits = await self.index_for(user).search(user, query.tobytes(), k)
+        self.metrics.search_seconds("/search", time.perf_counter() - started)
+        return [ImageResult(h.item, h.caption, round(h.similarity, 6)) for h in hits]
+
+    async def pdf(self, user: str, text: str, k: int, mode: SearchMode) -> PdfAnswer:
+        """The best pages for a question, and Gemini's answer from the first one."""
+        started = time.perf_counter()
+        query = (await self.encoder.embed_text(text)).astype("<f4").tobytes()
+        hits = await self.index_for(user).search_pdf(user, query, text, k, str(mode))
+        if not hits:
+            return PdfAnswer(text)
+        metas = await self.run_io(self.pages.meta, user, [h.item for h in hits])
+        pages = [
+            PageResult(
+                h.item,
+                round(h.similarity, 6),
+                (m or {}).get("doc"),
+                (m or {}).get("page"),
+                h.text_score,
+                h.fused,
+            )  # fmt: skip
+            for h, m in zip(hits, metas, strict=True)
+        ]
+        self.metrics.search_seconds("/search/pdf", time.perf_counter() - started)
+        top = hits[0].item
+        page_text = await self.run_io(self.pages.pdf_text, user, top)
+        image = await self.run_io(resolve_item(self.data_dir, user, top).read_bytes)
+        answer = await self.run_answer(self.answerer.answer, text, image, "image/jpeg", page_text)
+        return PdfAnswer(text, pages, answer.text, answer.reason)

@@ -1,0 +1,236 @@
+"""The dispatcher's decisions, through fakes of its queue, embedder and index."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lumen.config import QueueSettings
+from lumen.dispatch import DispatchCore, RoundRobin, WorkerDied
+from tests.support.dispatch_fakes import (
+    FakeEmbed,
+    FakeEvents,
+    FakeIndex,
+    FakeMetrics,
+    FakeQueue,
+    broken,
+    ok,
+)
+
+
+def make_core(
+    embed: FakeEmbed | None = None, max_retries: int = 2, batch: int = 4, inflight: int = 2
+) -> tuple[DispatchCore, FakeQueue, FakeEvents, FakeIndex, FakeMetrics]:
+    queue, events, metrics = FakeQueue(), FakeEvents(), FakeMetrics()
+    index = FakeIndex(queue)
+    settings = QueueSettings(
+        max_retries=max_retries, dispatch_batch_size=batch, max_inflight_batches=inflight
+    )
+    core = DispatchCore(settings, queue, events, embed or FakeEmbed(), index, metrics)
+    return core, queue, events, index, metrics
+
+
+async def settle(core: DispatchCore) -> None:
+    """Run rounds until nothing is queued or in flight."""
+    for _ in range(100):
+        await core.round()
+        await core.drain()
+        if not core.queue.active_users():
+            return
+    raise AssertionError("the queue never drained")
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def one_round(core: DispatchCore) -> None:
+    await core.round()
+    await core.drain()
+
+
+def test_every_item_of_a_successful_chunk_is_done_and_mirrored() -> None:
+    core, queue, _, index, metrics = make_core()
+    queue.put("alice", "a1", "a2", "a3")
+    run(settle(core))
+    assert queue.done == {("alice", "a1"), ("alice", "a2"), ("alice", "a3")}
+    assert index.mirror["alice"] == {"a1", "a2", "a3"}
+    assert core.processed == 3 and metrics.done == 3
+    assert core.inflight == 0 and not queue.processing
+
+
+def test_a_transient_failure_is_retried_until_it_succeeds() -> None:
+    attempts = {"n": 0}
+
+    def flaky(user: str, item: str):  # type: ignore[no-untyped-def]
+        attempts["n"] += 1
+        return (
+            broken("decode hiccup", False)(user, item) if attempts["n"] == 1 else ok()(user, item)
+        )
+
+    core, queue, events, _, metrics = make_core(FakeEmbed({"x": flaky}))
+    queue.put("bob", "x")
+    run(settle(core))
+    assert ("bob", "x") in queue.done
+    assert queue.retries[("bob", "x")] == 1
+    assert metrics.failed["transient"] == 1
+    assert events.of("item_failed") == []
+
+
+def test_a_transient_failure_errors_after_the_retry_limit_with_an_event() -> None:
+    core, queue, events, _, _ = make_core(FakeEmbed({"x": broken("timeout", False)}), max_retries=2)
+    queue.put("bob", "x")
+    run(settle(core))
+    assert queue.errors == {("bob", "x"): "timeout"}
+    assert queue.retries[("bob", "x")] == 3
+    assert events.of("item_failed") == [
+        {"type": "item_failed", "user": "bob", "item": "x", "reason": "timeout"}
+    ]
+
+
+def test_a_permanent_failure_errors_at_once_and_the_rest_of_the_chunk_is_done() -> None:
+    core, queue, events, _, metrics = make_core(FakeEmbed({"bad": broken("not an image", True)}))
+    queue.put("carol", "good", "bad")
+    run(settle(core))
+    assert queue.errors == {("carol", "bad"): "not an image"}
+    assert queue.retries[("carol", "bad")] == 1
+    assert ("carol", "good") in queue.done
+    assert metrics.failed["permanent"] == 1
+    assert [e["item"] for e in events.of("item_failed")] == ["bad"]
+
+
+def test_a_dead_worker_requeues_its_chunk_and_names_the_worker() -> None:
+    embed = FakeEmbed(raises=WorkerDied("replica killed"))
+    core, queue, events, _, metrics = make_core(embed, max_retries=3)
+    queue.put("dave", "d1", "d2")
+    run(one_round(core))
+    assert sorted(queue.queues["dave"]) == ["d1", "d2"]
+    assert not queue.processing
+    [event] = events.of("worker_dead")
+    assert event["worker"] == "dispatcher" and event["user"] == "dave"
+    assert sorted(event["requeued"]) == ["d1", "d2"]
+    assert metrics.failed["worker_dead"] == 2
+    embed.raises = None
+    run(settle(core))
+    assert queue.done == {("dave", "d1"), ("dave", "d2")}
+
+
+def test_any_other_embedder_call_failure_counts_as_a_transient_retry() -> None:
+    embed = FakeEmbed(raises=RuntimeError("serve redeploying"))
+    core, queue, events, _, _ = make_core(embed, max_retries=0)
+    queue.put("erin", "e1")
+    run(settle(core))
+    assert queue.errors[("erin", "e1")].startswith("embedder call failed: RuntimeError")
+    assert events.of("item_failed")[0]["item"] == "e1"
+
+
+def test_vectors_of_another_model_error_out_with_the_reason() -> None:
+    embed = FakeEmbed({"new": ok(model="m2")})
+    core, queue, events, index, _ = make_core(embed)
+    index.model = "m1"
+    queue.put("fay", "old", "new")
+    run(settle(core))
+    assert ("fay", "old") in queue.done
+    assert "m1" in queue.errors[("fay", "new")]
+    assert queue.retries[("fay", "new")] == 1  # permanent: no retries spent on it
+    assert [e["item"] for e in events.of("item_failed")] == ["new"]
+
+
+def test_a_commit_whose_reply_is_lost_is_sent_again_and_nothing_goes_missing() -> None:
+    core, queue, _, index, metrics = make_core()
+    index.lose_replies = 1
+    queue.put("gus", "g1", "g2")
+    run(settle(core))
+    assert index.calls == 2
+    assert index.mirror["gus"] == {"g1", "g2"}
+    assert queue.done == {("gus", "g1"), ("gus", "g2")}
+    assert metrics.done == 2 and core.processed == 2
+
+
+def test_a_commit_that_keeps_failing_leaves_items_for_the_deadline_sweep() -> None:
+    core, queue, events, index, _ = make_core(max_retries=1)
+    index.lose_replies = 10**6
+    queue.put("hal", "h1")
+    run(one_round(core))
+    assert core.inflight == 0
+    assert ("hal", "h1") in queue.done  # committed in the store; only the mirror missed it
+    assert index.mirror["hal"] == set()
+
+
+def test_the_deadline_sweep_requeues_then_errors_with_events() -> None:
+    core, queue, events, _, metrics = make_core(max_retries=1)
+    queue.put("ivy", "i1")
+    queue.claim("ivy", 1, "dispatcher", 1.0)
+    queue.expired.append(("ivy", "i1"))
+    core.sweep()
+    assert queue.queues["ivy"] == ["i1"]
+    assert events.of("task_timeout") == [
+        {"type": "task_timeout", "user": "ivy", "item": "i1", "state": "queued"}
+    ]
+    queue.claim("ivy", 1, "dispatcher", 1.0)
+    queue.expired.append(("ivy", "i1"))
+    core.sweep()
+    assert queue.errors[("ivy", "i1")] == "task timed out"
+    assert events.of("item_failed")[0]["reason"] == "task timed out"
+    assert metrics.failed["timeout"] == 2
+
+
+def test_an_item_already_gone_from_processing_is_not_reported_by_the_sweep() -> None:
+    core, queue, events, _, _ = make_core()
+    queue.expired.append(("jo", "deleted-meanwhile"))
+    core.sweep()
+    assert events.log == []
+
+
+def test_claims_never_exceed_the_in_flight_capacity() -> None:
+    embed = FakeEmbed(gate=asyncio.Event())
+    core, queue, _, _, _ = make_core(embed, batch=4, inflight=2)
+    queue.put("big", *[f"b{i}" for i in range(50)])
+
+    async def scenario() -> None:
+        rounds = [await core.round() for _ in range(3)]
+        assert rounds == [4, 4, 0] and core.inflight == 8
+        assert len(core.tasks) == 2  # every spawned task is referenced until it ends
+        embed.gate.set()  # type: ignore[union-attr]
+        await core.drain()
+        assert core.inflight == 0 and not core.tasks
+
+    run(scenario())
+
+
+def test_a_light_user_is_served_in_the_first_round_beside_a_heavy_one() -> None:
+    embed = FakeEmbed()
+    core, queue, _, _, _ = make_core(embed, batch=4, inflight=2)
+    queue.put("heavy", *[f"h{i}" for i in range(1000)])
+    queue.put("light", "l1")
+    run(one_round(core))
+    assert ("light", ["l1"]) in embed.calls
+
+
+def test_queue_depth_is_published_on_each_claim() -> None:
+    core, queue, _, _, metrics = make_core()
+    queue.put("kim", "k1", "k2")
+    core.claim(1)
+    assert metrics.depth == {"queued": 2, "processing": 0}  # read before this claim
+
+
+@pytest.mark.parametrize(
+    ("users", "capacity", "per_user", "expected"),
+    [
+        ([], 10, 4, []),
+        (["a"], 0, 4, []),
+        (["a", "b"], 8, 4, [("a", 4), ("b", 4)]),
+        (["a", "b", "c"], 2, 4, [("a", 1), ("b", 1)]),
+    ],
+)
+def test_round_robin_splits_capacity(
+    users: list[str], capacity: int, per_user: int, expected: list[tuple[str, int]]
+) -> None:
+    assert RoundRobin().plan(users, capacity, per_user) == expected
+
+
+def test_round_robin_starts_the_next_round_with_the_users_left_out() -> None:
+    rr = RoundRobin()
+    assert rr.plan(["a", "b", "c"], 2, 4) == [("a", 1), ("b", 1)]
+    assert rr.plan(["a", "b", "c"], 2, 4) == [("c", 1), ("a", 1)]
