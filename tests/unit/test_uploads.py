@@ -1,0 +1,259 @@
+"""UploadService through an in-memory queue: dedupe, skipped members, quotas, the disk floor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lumen.config import LimitSettings, Settings
+from lumen.errors import InsufficientStorage, QuotaExceeded
+from lumen.storage.queue import EnqueueResult, NewItem
+from lumen.uploads import UploadService
+from tests.support.hostile import make_jpeg, make_pdf, make_png, make_zip
+
+USER = "alice"
+PLENTY = 10**15
+
+
+@dataclass(frozen=True)
+class FakeUsage:
+    bytes: int
+    items: int
+
+
+@dataclass
+class FakeQueue:
+    """The enqueue/usage half of QueueStore: one item per content, usage of stored items."""
+
+    items: dict[str, dict[str, NewItem]] = field(default_factory=dict)
+    broken: bool = False
+
+    def enqueue(self, user: str, items: list[NewItem]) -> EnqueueResult:
+        if self.broken:
+            raise ConnectionError("redis is down")
+        space = self.items.setdefault(user, {})
+        by_hash = {it.sha256: name for name, it in space.items()}
+        queued, duplicates = [], {}
+        for it in items:
+            if it.sha256 in by_hash:
+                duplicates[it.item] = by_hash[it.sha256]
+                continue
+            space[it.item] = it
+            by_hash[it.sha256] = it.item
+            queued.append(it.item)
+        return EnqueueResult(queued, duplicates)
+
+    def usage(self, user: str) -> FakeUsage:
+        space = self.items.get(user, {})
+        return FakeUsage(sum(it.size for it in space.values()), len(space))
+
+
+class FakeDisk:
+    """Free space that shrinks as files are written under the data dir."""
+
+    def __init__(self, data_dir: Path, capacity: int) -> None:
+        self.data_dir = data_dir
+        self.capacity = capacity
+
+    def __call__(self, _path: Path) -> int:
+        used = sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
+        return self.capacity - used
+
+
+def _service(
+    tmp_path: Path, queue: FakeQueue | None = None, free: int = PLENTY, **limits: int
+) -> tuple[UploadService, FakeQueue]:
+    settings = Settings(data_dir=tmp_path / "data", limits=LimitSettings(**limits))
+    queue = queue or FakeQueue()
+    return UploadService(settings, queue, disk_free=lambda _path: free), queue
+
+
+def _zip(tmp_path: Path, members: dict[str, bytes]) -> Path:
+    path = tmp_path / "upload.zip"
+    path.write_bytes(make_zip(members))
+    return path
+
+
+def _pdf(tmp_path: Path, pages: list[str]) -> Path:
+    path = tmp_path / "upload.pdf"
+    path.write_bytes(make_pdf(pages))
+    return path
+
+
+def _stored(tmp_path: Path) -> list[str]:
+    root = tmp_path / "data" / "uploads" / USER
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _images(count: int, prefix: str = "", shade: int = 0) -> dict[str, bytes]:
+    """`count` JPEGs of distinct content (another `shade` gives other content again)."""
+    return {f"{prefix}{i}.jpg": make_jpeg((i * 40, 10 + shade, 200 - i * 20)) for i in range(count)}
+
+
+def test_every_image_is_queued_with_the_size_of_its_stored_file(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path)
+    members = {"a.jpg": make_jpeg(), "b.png": make_png()}
+    outcome = service.ingest_zip(USER, _zip(tmp_path, members))
+    assert outcome.queued == ["uploads/alice/a.jpg", "uploads/alice/b.png"]
+    assert outcome.message == "Uploaded and queued 2 images."
+    sizes = {name: it.size for name, it in queue.items[USER].items()}
+    assert sizes == {f"uploads/alice/{name}": len(data) for name, data in members.items()}
+    assert service.usage(USER).bytes == sum(len(data) for data in members.values())
+
+
+def test_content_already_in_the_space_is_a_duplicate_and_its_file_removed(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path)
+    service.ingest_zip(USER, _zip(tmp_path, {"a.jpg": make_jpeg()}))
+    outcome = service.ingest_zip(USER, _zip(tmp_path, {"again.jpg": make_jpeg()}))
+    assert outcome.queued == []
+    assert outcome.duplicates == {"uploads/alice/again.jpg": "uploads/alice/a.jpg"}
+    assert _stored(tmp_path) == ["a.jpg"]
+
+
+def test_skipped_members_are_listed_with_their_reasons(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path)
+    members = {"good.jpg": make_jpeg(), "notes.jpg": b"just text", "../evil.jpg": make_jpeg()}
+    outcome = service.ingest_zip(USER, _zip(tmp_path, members))
+    assert outcome.queued == ["uploads/alice/good.jpg"]
+    assert set(outcome.skipped) == {"notes.jpg", "../evil.jpg"}
+    assert "not a JPEG, PNG or HEIC" in outcome.skipped["notes.jpg"]
+
+
+def test_an_archive_crossing_the_item_quota_keeps_what_fits_and_says_so(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path, user_max_items=3)
+    service.ingest_zip(USER, _zip(tmp_path, _images(1)))
+    outcome = service.ingest_zip(USER, _zip(tmp_path, _images(5, prefix="n", shade=100)))
+    assert outcome.queued == ["uploads/alice/n0.jpg", "uploads/alice/n1.jpg"]
+    assert outcome.skipped == {f"n{i}.jpg": "quota exceeded" for i in (2, 3, 4)}
+    assert "3 more were not stored" in outcome.message
+    assert "quota of 3 items is full" in outcome.message
+    assert "POST /reset" in outcome.message
+    assert queue.usage(USER).items == 3
+    assert _stored(tmp_path) == ["0.jpg", "n0.jpg", "n1.jpg"]
+
+
+def test_an_archive_crossing_the_byte_quota_never_stores_past_it(tmp_path: Path) -> None:
+    images = _images(5)
+    quota = sum(len(images[f"{i}.jpg"]) for i in range(3)) + 10
+    service, queue = _service(tmp_path, user_max_bytes=quota)
+    outcome = service.ingest_zip(USER, _zip(tmp_path, images))
+    assert len(outcome.queued) == 3
+    assert set(outcome.skipped) == {"3.jpg", "4.jpg"}
+    assert f"quota of {quota} bytes is full" in outcome.message
+    assert queue.usage(USER).bytes <= quota
+    assert len(_stored(tmp_path)) == 3
+
+
+def test_repeated_content_inside_one_archive_is_charged_once(tmp_path: Path) -> None:
+    jpeg = make_jpeg()
+    service, _ = _service(tmp_path, user_max_items=2)
+    members = {"a.jpg": jpeg, "b.jpg": jpeg, "c.png": make_png()}
+    outcome = service.ingest_zip(USER, _zip(tmp_path, members))
+    assert outcome.skipped == {}
+    assert outcome.duplicates == {"uploads/alice/b.jpg": "uploads/alice/a.jpg"}
+    assert _stored(tmp_path) == ["a.jpg", "c.png"]
+
+
+def test_a_full_quota_refuses_the_upload_before_anything_is_written(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path, user_max_items=2)
+    service.ingest_zip(USER, _zip(tmp_path, _images(2)))
+    with pytest.raises(QuotaExceeded) as caught:
+        service.ingest_zip(USER, _zip(tmp_path, {"more.jpg": make_jpeg((1, 1, 1))}))
+    assert caught.value.status == 413
+    assert caught.value.code == "quota_exceeded"
+    assert caught.value.limit == "user_max_items"
+    assert "delete queued items" in caught.value.message
+    assert _stored(tmp_path) == ["0.jpg", "1.jpg"]
+
+
+def test_an_upload_whose_first_image_does_not_fit_is_refused(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path, user_max_bytes=100)
+    with pytest.raises(QuotaExceeded) as caught:
+        service.ingest_zip(USER, _zip(tmp_path, _images(2)))
+    assert caught.value.limit == "user_max_bytes"
+    assert _stored(tmp_path) == []
+    assert queue.items == {}
+
+
+def test_zero_means_no_quota(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path, user_max_items=0, user_max_bytes=0)
+    outcome = service.ingest_zip(USER, _zip(tmp_path, _images(4)))
+    assert len(outcome.queued) == 4
+    report = service.usage(USER)
+    assert (report.items, report.max_items, report.max_bytes) == (4, 0, 0)
+
+
+def test_below_the_free_space_floor_nothing_is_stored_and_the_status_is_507(
+    tmp_path: Path,
+) -> None:
+    service, queue = _service(tmp_path, free=10 * 1024**2, min_free_bytes=64 * 1024**2)
+    with pytest.raises(InsufficientStorage) as caught:
+        service.ingest_zip(USER, _zip(tmp_path, _images(2)))
+    assert (caught.value.status, caught.value.code) == (507, "insufficient_storage")
+    assert _stored(tmp_path) == []
+    assert queue.items == {}
+
+
+def test_an_archive_reaching_the_free_space_floor_midway_keeps_what_fit(tmp_path: Path) -> None:
+    images = _images(4)
+    room = len(images["0.jpg"]) + len(images["1.jpg"]) + 100
+    data_dir = tmp_path / "data"
+    floor = 4096
+    settings = Settings(data_dir=data_dir, limits=LimitSettings(min_free_bytes=floor))
+    service = UploadService(settings, FakeQueue(), disk_free=FakeDisk(data_dir, floor + room))
+    outcome = service.ingest_zip(USER, _zip(tmp_path, images))
+    assert len(outcome.queued) == 2
+    assert outcome.skipped == {
+        "2.jpg": "the server is low on disk space",
+        "3.jpg": "the server is low on disk space",
+    }
+    assert "2 more were not stored" in outcome.message
+
+
+def test_a_failed_enqueue_leaves_no_files_behind(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path, queue=FakeQueue(broken=True))
+    with pytest.raises(ConnectionError):
+        service.ingest_zip(USER, _zip(tmp_path, _images(3)))
+    assert _stored(tmp_path) == []
+
+
+def test_pdf_page_text_is_capped_where_it_is_stored(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path, max_pdf_text_chars=12)
+    outcome = service.ingest_pdf(USER, _pdf(tmp_path, ["alpha beta gamma delta epsilon"]), "d.pdf")
+    (item,) = outcome.queued
+    assert queue.items[USER][item].text == "alpha beta g"
+    assert queue.items[USER][item].size == (tmp_path / "data" / item).stat().st_size
+
+
+def test_a_pdf_crossing_the_quota_keeps_its_first_pages_and_removes_the_rest(
+    tmp_path: Path,
+) -> None:
+    service, queue = _service(tmp_path, user_max_items=2)
+    outcome = service.ingest_pdf(USER, _pdf(tmp_path, ["one", "two", "three", "four"]), "d.pdf")
+    assert outcome.queued == [
+        "uploads/alice/pdfs/d_page_001.jpg",
+        "uploads/alice/pdfs/d_page_002.jpg",
+    ]
+    assert outcome.skipped == {"d page 3": "quota exceeded", "d page 4": "quota exceeded"}
+    assert outcome.message.startswith("Processed 2 pages from PDF. 2 more were not stored")
+    assert _stored(tmp_path) == ["pdfs/d_page_001.jpg", "pdfs/d_page_002.jpg"]
+    assert queue.usage(USER).items == 2
+
+
+def test_a_pdf_upload_with_a_full_quota_is_refused_before_rendering(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path, user_max_items=1)
+    service.ingest_zip(USER, _zip(tmp_path, _images(1)))
+    with pytest.raises(QuotaExceeded):
+        service.ingest_pdf(USER, _pdf(tmp_path, ["one"]), "d.pdf")
+    assert _stored(tmp_path) == ["0.jpg"]
+
+
+def test_usage_reports_bytes_and_items_against_the_quota(tmp_path: Path) -> None:
+    service, _ = _service(tmp_path, user_max_bytes=10**9, user_max_items=50)
+    service.ingest_zip(USER, _zip(tmp_path, _images(2)))
+    report = service.usage(USER)
+    assert report.items == 2
+    assert report.bytes == sum(p.stat().st_size for p in (tmp_path / "data").rglob("*.jpg"))
+    assert (report.max_bytes, report.max_items) == (10**9, 50)
