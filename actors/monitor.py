@@ -10,7 +10,7 @@ import ray
 
 from actors.naming import monitor_name, named_actor
 from lumen.config import Settings
-from lumen.health import WorkerBook, list_dead_nodes, list_embedder_replicas
+from lumen.health import WorkerBook, list_embedder_replicas, list_node_exits
 from lumen.storage import Stores
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,15 @@ class Monitor:
 
     def _poll(self) -> None:
         replicas = list_embedder_replicas(self.settings.app_name)
-        view, newly_dead = self.book.update(replicas, self.stores.heartbeats.all())
-        for worker in newly_dead:
-            cause = view.get(worker, {}).get("cause")
-            self.stores.events.record("replica_dead", worker=worker, cause=cause)
-        dead_nodes = set(list_dead_nodes())
+        changes = self.book.observe(replicas, self.stores.heartbeats.all())
+        for kind, fields in changes.events():
+            self.stores.events.record(kind, **fields)
+        exits = {n.node_id: n for n in list_node_exits()}
         if self.known_dead_nodes is not None:
-            for node in sorted(dead_nodes - self.known_dead_nodes):
-                self.stores.events.record("node_dead", node_id=node)
-        self.known_dead_nodes = dead_nodes
+            for node in sorted(set(exits) - self.known_dead_nodes):
+                kind, fields = exits[node].event()
+                self.stores.events.record(kind, **fields)
+        self.known_dead_nodes = set(exits)
 
 
 def get_monitor(settings: Settings) -> ray.actor.ActorHandle:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -10,7 +9,7 @@ from fastapi.security import OAuth2PasswordBearer
 from ray import serve
 
 from deployments.services import Services
-from lumen.auth import client_address
+from lumen.auth import StreamGrant, client_address
 from lumen.errors import Forbidden, Unauthorized
 
 AUTH_ERRORS: dict[int | str, dict[str, str]] = {
@@ -51,21 +50,23 @@ Client = Annotated[str, Depends(get_client)]
 async def get_current_user(svc: Svc, token: Annotated[str | None, Depends(_bearer)]) -> str:
     if not token:
         raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
-    return await asyncio.to_thread(svc.auth.verify, token)
+    return await svc.executors.blocking.run(svc.auth.verify, token)
 
 
-async def get_stream_user(
+async def get_stream_grant(
     request: Request, svc: Svc, bearer: Annotated[str | None, Depends(_bearer)]
-) -> str:
-    """For SSE and <img> routes: a browser's EventSource cannot send headers, so `?token=`."""
-    token = bearer or request.query_params.get("token")
+) -> StreamGrant:
+    """For SSE routes: the bearer header, or `?ticket=` from `POST /stream-ticket` (a
+    browser's EventSource cannot send headers, and a bearer token never goes in a URL)."""
+    token = bearer or request.query_params.get("ticket")
     if not token:
-        raise Unauthorized("not authenticated: send a bearer token or ?token=")
-    return await asyncio.to_thread(svc.auth.verify, token)
+        raise Unauthorized("not authenticated: send a bearer token or ?ticket=")
+    return await svc.executors.blocking.run(svc.auth.verify_stream, token)
 
 
 CurrentUser = Annotated[str, Depends(get_current_user)]
-StreamUser = Annotated[str, Depends(get_stream_user)]
+bearer_token = Annotated[str, Depends(_bearer)]
+StreamAuth = Annotated[StreamGrant, Depends(get_stream_grant)]
 
 
 async def get_admin(user: CurrentUser, svc: Svc) -> str:

@@ -20,13 +20,33 @@ from deployments.routes import auth, monitor, queue, search, uploads
 from deployments.services import Services
 from lumen import metrics
 from lumen.config import Settings
-from lumen.errors import LimitExceeded, LumenError, TooManyRequests
+from lumen.errors import LimitExceeded, LumenError
 
 log = logging.getLogger(__name__)
 
 
-class BodyLimit:
-    """Refuse request bodies over the upload limit while they stream in (413 naming it)."""
+# Routes whose bodies carry files, and which must show a valid token before sending them.
+UPLOAD_PATHS = frozenset({"/upload", "/upload/pdf"})
+SEARCH_PATHS = frozenset({"/search", "/search/pdf"})
+
+
+def body_limit(path: str, settings: Settings) -> tuple[int, str]:
+    """The most bytes a request body to `path` may have, and the setting that says so."""
+    limits, forms = settings.limits, settings.admission.max_form_bytes
+    if path in UPLOAD_PATHS:
+        return limits.max_upload_bytes + forms, "max_upload_bytes"
+    if path in SEARCH_PATHS:
+        return limits.max_search_image_bytes + forms, "max_search_image_bytes"
+    return forms, "admission.max_form_bytes"
+
+
+class RequestGate:
+    """Before any body is read: the per-route size limit, and the token on file routes.
+
+    A declared oversized body gets its 413 at once; an undeclared one is cut off when it
+    crosses the limit while streaming in. An upload or search without a valid bearer token
+    gets its 401 after its headers, so no anonymous byte is spooled to disk.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -35,11 +55,20 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = services_of(scope["app"]).settings.limits.max_upload_bytes + 1024**2
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        services = services_of(scope["app"])
+        path = scope["path"]
+        limit, name = body_limit(path, services.settings)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit, send)
+            await _send_error(LimitExceeded(f"the body is larger than {limit} bytes", name), send)
             return
+        if scope["method"] == "POST" and (path in UPLOAD_PATHS or path in SEARCH_PATHS):
+            try:
+                await services.verify_bearer(headers.get(b"authorization", b"").decode("latin-1"))
+            except LumenError as exc:
+                await _send_error(exc, send)
+                return
         seen = 0
 
         async def limited() -> Message:
@@ -47,14 +76,13 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise LimitExceeded(f"upload is larger than {limit} bytes", "max_upload_bytes")
+                raise LimitExceeded(f"the body is larger than {limit} bytes", name)
             return message
 
         await self.app(scope, limited, send)
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    exc = LimitExceeded(f"upload is larger than {limit} bytes", "max_upload_bytes")
+async def _send_error(exc: LumenError, send: Send) -> None:
     response = _error_response(exc)
     await response({"type": "http"}, _no_body, send)  # type: ignore[arg-type]
 
@@ -69,8 +97,9 @@ def _error_response(exc: LumenError) -> JSONResponse:
     headers = {}
     if isinstance(exc, LimitExceeded):
         body["limit"] = exc.limit
-    if isinstance(exc, TooManyRequests):
-        headers["Retry-After"] = str(exc.retry_after_s)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
@@ -110,14 +139,15 @@ async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
     )
 
 
-app.add_middleware(
+app.add_middleware(RequestGate)
+app.add_middleware(  # outermost, so refusals from the gate carry CORS headers too
     CORSMiddleware,
     allow_origins=["*"],
     allow_credentials=False,
     allow_methods=["*"],
     allow_headers=["Authorization", "Content-Type"],
+    expose_headers=["Retry-After"],
 )
-app.add_middleware(BodyLimit)
 
 for _module in (auth, uploads, search, queue, monitor):
     app.include_router(_module.router)

@@ -68,3 +68,17 @@ class PdfSearchResponse(BaseModel):
     gemini_reason: str | None = None
     message: str | None = None
     results: list[PageResult]
+
+
+class StreamTicketResponse(BaseModel):
+    ticket: str
+    expires_in: int = Field(description="seconds within which the ticket must open a stream")
+
+
+class UsageResponse(BaseModel):
+    """What the caller stores against their quota (0 = unlimited)."""
+
+    bytes: int
+    items: int
+    max_bytes: int
+    max_items: int

@@ -18,9 +18,13 @@ from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
 from actors.naming import shard_for
 from lumen.account import AccountService
+from lumen.admission import Admission
 from lumen.answerer import make_answerer
 from lumen.auth import Authenticator
 from lumen.config import Settings
+from lumen.errors import Unauthorized
+from lumen.executors import Executors
+from lumen.links import ImageLinks
 from lumen.metrics import RayMetrics
 from lumen.search import SearchHit, SearchService
 from lumen.storage import Stores
@@ -130,14 +134,25 @@ class Services:
         self.settings = settings
         self.stores = Stores(settings)
         self.auth = Authenticator(settings.auth, self.stores.users)
-        self.uploads = UploadService(settings, self.stores)
+        self.links = ImageLinks.from_settings(settings.auth)
+        self.admission = Admission(settings.admission)
+        self.executors = Executors(settings.executors)
+        self.uploads = UploadService(settings, self.stores.queue)
         self.actors = ActorHandles(settings)
         self.supervisor = Supervisor(self.actors)
         self.search = SearchService(
             settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,
             make_answerer(settings.gemini), RayMetrics(),
+            answer_runner=self.executors.gemini.run, io_runner=self.executors.blocking.run,
         )  # fmt: skip
         self.account = AccountService(
             settings.data_dir, self.stores.queue, self.actors.shard,
-            settings.limits.max_status_items,
+            settings.limits.max_status_items, self.auth.revoke_streams,
         )  # fmt: skip
+
+    async def verify_bearer(self, authorization: str) -> str:
+        """The user an `Authorization: Bearer` header names (401 otherwise), off the loop."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
+        return await self.executors.blocking.run(self.auth.verify, token.strip())

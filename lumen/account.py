@@ -41,11 +41,13 @@ class AccountService:
         queue: AccountQueue,
         space_for: Callable[[str], SpaceCache],
         max_status_items: int,
+        end_streams: Callable[[str], None],
     ) -> None:
         self.data_dir = data_dir
         self.queue = queue
         self.space_for = space_for
         self.max_status_items = max_status_items
+        self.end_streams = end_streams
 
     async def status(self, user: str) -> Any:
         """The spec's `/status` payload (each list capped at `max_status_items`)."""
@@ -66,8 +68,12 @@ class AccountService:
         return removed
 
     async def reset(self, user: str) -> None:
-        """Delete the user's index, metadata, queue records and files; the account stays."""
+        """Delete the user's index, metadata, queue records and files; the account stays.
+
+        Open event streams of the account end (they showed what no longer exists).
+        """
         await asyncio.to_thread(self.queue.reset, user)
+        await asyncio.to_thread(self.end_streams, user)
         await self.space_for(user).drop(user)
         await asyncio.to_thread(shutil.rmtree, user_root(self.data_dir, user), True)
 

@@ -158,6 +158,24 @@ class ExecutorSize(BaseModel):
     queue: int = Field(default=16, ge=0)
 
 
+class AdmissionSettings(BaseModel):
+    """What one replica admits at once, per user and in total; the excess gets a 429.
+
+    `streams_total` must stay below the Ingress's `max_ongoing_requests` (the Serve YAML):
+    an open stream holds a request slot, and plain requests need the rest.
+    """
+
+    streams_per_user: int = 8
+    streams_total: int = 120
+    uploads_per_user: int = 2
+    pdf_questions_per_user: int = 2
+    # Streams re-check their credential (expiry, account reset) this often.
+    stream_recheck_s: float = 15.0
+    # Bodies of routes that take no file: auth forms, JSON, search/PDF forms without images.
+    max_form_bytes: int = 64 * 1024
+    retry_after_s: int = 5
+
+
 class ExecutorSettings(BaseModel):
     """Blocking work per kind on its own pool, so a flood of one kind never starves another."""
 
@@ -189,6 +207,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     gemini: GeminiSettings = Field(default_factory=GeminiSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @property

@@ -12,6 +12,9 @@
     ├── NotFound                   404  no such thing in the caller's space
     ├── Conflict                   409  the thing already exists
     ├── TooManyRequests            429  slow down (carries retry_after_s)
+    │   ├── TooManyStreams         429  over the per-user or total open-stream cap
+    │   ├── TooManyUploads         429  over the per-user cap on uploads in progress
+    │   └── TooManyQuestions       429  over the per-user cap on PDF questions in progress
     ├── ServiceUnavailable         503  a dependency (Ray, Redis, a model) is not answering
     │   └── Busy                   503  a bounded pool is full; retry soon (carries retry_after_s)
     └── InsufficientStorage        507  the server's data disk is below its free-space floor
@@ -126,6 +129,24 @@ class TooManyRequests(LumenError):
     @property
     def retry_after_s(self) -> int:
         return int(self.args[1])
+
+
+class TooManyStreams(TooManyRequests):
+    """Over the per-user or total cap on open event streams; args: (message, retry_after_s)."""
+
+    code = "too_many_streams"
+
+
+class TooManyUploads(TooManyRequests):
+    """Over the per-user cap on uploads in progress; args: (message, retry_after_s)."""
+
+    code = "too_many_uploads"
+
+
+class TooManyQuestions(TooManyRequests):
+    """Over the per-user cap on PDF questions in progress; args: (message, retry_after_s)."""
+
+    code = "too_many_questions"
 
 
 class ServiceUnavailable(LumenError):

@@ -7,31 +7,38 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from deployments.deps import AUTH_ERRORS, AdminUser, StreamUser, Svc
+from deployments.deps import AUTH_ERRORS, AdminUser, StreamAuth, Svc
 from deployments.schemas import MessageResponse
 from deployments.sse import sse_stream
+from lumen.events import visible_events
 
 router = APIRouter(prefix="/monitor", tags=["monitor"], responses=AUTH_ERRORS)
 
 
 @router.get("/worker", response_class=StreamingResponse)
-async def workers(request: Request, user: StreamUser, svc: Svc) -> StreamingResponse:
-    """SSE: every Embedder replica, `health`/`stale`/`starting`/`dead`, with its metrics."""
+async def workers(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResponse:
+    """SSE: every Embedder replica (`health`/`stale`/`starting`/`dead`/`stopped`) and metrics."""
 
     async def snapshot() -> object:
         return await svc.actors.monitor().workers.remote()
 
-    return sse_stream(request, snapshot, svc.settings.monitor)
+    return sse_stream(request, svc, grant, snapshot)
 
 
 @router.get("/events", response_class=StreamingResponse)
-async def events(request: Request, user: StreamUser, svc: Svc) -> StreamingResponse:
-    """SSE: system events, newest first (the latest 100)."""
+async def events(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResponse:
+    """SSE: system events, newest first (the latest 100).
+
+    Operators see every event; a plain user sees their own in full and the others without
+    any user's name, items or reasons.
+    """
+    admin = svc.auth.is_admin(grant.user)
 
     async def snapshot() -> object:
-        return await asyncio.to_thread(svc.stores.events.list, 100)
+        events = await svc.executors.blocking.run(svc.stores.events.list, 100)
+        return visible_events(events, grant.user, admin)
 
-    return sse_stream(request, snapshot, svc.settings.monitor)
+    return sse_stream(request, svc, grant, snapshot)
 
 
 @router.post("/events/reset", response_model=MessageResponse)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from deployments.deps import AUTH_ERRORS, CurrentUser, StreamUser, Svc
+from deployments.deps import AUTH_ERRORS, CurrentUser, StreamAuth, Svc
 from deployments.schemas import DoneResponse, MessageResponse, StatusResponse
 from deployments.sse import sse_stream
 
@@ -13,17 +13,17 @@ router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
 
 
 @router.get("/status", response_class=StreamingResponse)
-async def status(request: Request, user: StreamUser, svc: Svc) -> StreamingResponse:
+async def status(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResponse:
     """Server-Sent Events: the caller's queue, processing, done, errors and retries on change.
 
-    Auth: bearer header, or `?token=` for browsers' EventSource.
+    Auth: bearer header, or `?ticket=` (from `POST /stream-ticket`) for browsers' EventSource.
     """
 
     async def snapshot() -> object:
-        frame = StatusResponse.model_validate(await svc.account.status(user), from_attributes=True)
-        return frame.model_dump()
+        status = await svc.account.status(grant.user)
+        return StatusResponse.model_validate(status, from_attributes=True).model_dump()
 
-    return sse_stream(request, snapshot, svc.settings.monitor)
+    return sse_stream(request, svc, grant, snapshot)
 
 
 @router.get("/done", response_model=DoneResponse)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from deployments.deps import AUTH_ERRORS, CurrentUser, StreamUser, Svc
+from deployments.deps import AUTH_ERRORS, CurrentUser, Svc, get_current_user
 from deployments.schemas import PageResult, PdfSearchResponse, SearchResponse, SearchResult
+from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded, NotFound
 from lumen.ingest.images import to_browser_bytes
 from lumen.paths import resolve_item
@@ -45,6 +45,7 @@ async def search(
     text = clean_query(query, limits.max_query_chars)
     data = await _read_query_image(image, limits.max_search_image_bytes)
     hits = await svc.search.images(user, text, data, k)
+    ttl = svc.settings.auth.image_link_ttl_s
     return SearchResponse(
         results=[
             SearchResult(
@@ -52,7 +53,7 @@ async def search(
                 caption=h.caption,
                 similarity=h.similarity,
                 image_path=f"/data/{h.item}",
-                image_url=f"/image/{h.item}",
+                image_url=svc.links.sign(user, h.item, ttl),
             )  # fmt: skip
             for h in hits
         ]
@@ -74,16 +75,18 @@ async def search_pdf(
     text = clean_query(query, limits.max_query_chars)
     if text is None:
         raise BadRequest("`query` is required")
-    found = await svc.search.pdf(user, text, k, search_mode)
+    with svc.admission.admit(Work.PDF_QUESTION, user):
+        found = await svc.search.pdf(user, text, k, search_mode)
     if not found.pages:
         return PdfSearchResponse(
             query=text, top_result=None, gemini_answer=None, message=NO_PAGES, results=[]
         )
+    ttl = svc.settings.auth.image_link_ttl_s
     results = [
         PageResult(
             filename=p.item,
             similarity=p.similarity,
-            image_url=f"/image/{p.item}",
+            image_url=svc.links.sign(user, p.item, ttl),
             doc=p.doc,
             page=p.page,
             text_score=p.text_score,
@@ -101,13 +104,21 @@ async def search_pdf(
 
 
 @router.get("/image/{path:path}", responses={404: {"description": "Image not found"}})
-async def image(path: str, user: StreamUser, svc: Svc) -> Response:
-    """One of the caller's own images (HEIC converted to JPEG). Auth: header or `?token=`."""
+async def image(path: str, request: Request, svc: Svc) -> Response:
+    """One of the caller's own images (HEIC converted to JPEG).
+
+    Auth: the signed link a search result gives (`?u=&exp=&sig=`, one image, expiring), or
+    the bearer header. A bearer token is never accepted in the URL.
+    """
+    if "sig" in request.query_params:
+        user = svc.links.verify_query(path, request.query_params)
+    else:
+        user = await get_current_user(svc, _bearer_of(request))
     file = resolve_item(svc.settings.data_dir, user, path)
     if not file.is_file():
         raise NotFound("Image not found")
     try:
-        data, mime = await asyncio.to_thread(
+        data, mime = await svc.executors.blocking.run(
             to_browser_bytes, file, svc.settings.limits.max_image_pixels
         )
     except Exception:  # noqa: BLE001 - unreadable: as good as missing to the caller
@@ -115,3 +126,8 @@ async def image(path: str, user: StreamUser, svc: Svc) -> Response:
     return Response(
         content=data, media_type=mime, headers={"Cache-Control": "private, max-age=3600"}
     )
+
+
+def _bearer_of(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -14,7 +13,8 @@ from typing import Annotated, BinaryIO
 from fastapi import APIRouter, File, UploadFile
 
 from deployments.deps import AUTH_ERRORS, CurrentUser, Svc
-from deployments.schemas import UploadResponse
+from deployments.schemas import UploadResponse, UsageResponse
+from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded
 
 router = APIRouter(tags=["uploads"], responses=AUTH_ERRORS)
@@ -65,7 +65,8 @@ async def upload_zip(
     def work() -> object:
         return svc.uploads.ingest_zip(user, _checked(svc, zip_file))
 
-    out = await asyncio.to_thread(work)
+    with svc.admission.admit(Work.UPLOAD, user):
+        out = await svc.executors.blocking.run(work)
     await svc.supervisor.kick()
     return UploadResponse.model_validate(out, from_attributes=True)
 
@@ -85,6 +86,14 @@ async def upload_pdf(
         with _on_disk(svc, handle) as path:
             return svc.uploads.ingest_pdf(user, path, upload_file.filename)
 
-    out = await asyncio.to_thread(work)
+    with svc.admission.admit(Work.UPLOAD, user):
+        out = await svc.executors.pdf.run(work)
     await svc.supervisor.kick()
     return UploadResponse.model_validate(out, from_attributes=True)
+
+
+@router.get("/usage", response_model=UsageResponse)
+async def usage(user: CurrentUser, svc: Svc) -> UsageResponse:
+    """Bytes and items the caller stores, against their quota (0 = unlimited)."""
+    report = await svc.executors.blocking.run(svc.uploads.usage, user)
+    return UsageResponse.model_validate(report, from_attributes=True)

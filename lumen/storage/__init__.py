@@ -50,7 +50,7 @@ class Stores:
         self.queue = QueueStore(self.redis, keys)
         self.vectors = VectorStore(self.redis, keys)
         self.events = EventStore(self.redis, keys, cap=settings.monitor.max_events)
-        self.heartbeats = HeartbeatStore(self.redis, keys)
+        self.heartbeats = HeartbeatStore(self.redis, keys, ttl_s=settings.monitor.dead_ttl_s)
 
     def ping(self) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -14,9 +15,9 @@ from actors.index_shard import get_index_shard
 from actors.naming import shard_for
 from lumen.storage import Stores
 from tests.conftest import ADMIN, Service
-from tests.integration.helpers import sse_events, status_snapshot, upload_zip
 from tests.integration.test_reliability import _kill_one_embedder_replica, _noisy_jpegs
 from tests.support.hostile import make_zip
+from tests.support.http import sse_events, status_snapshot, upload_zip
 
 
 def _admin_headers(service: Service) -> dict[str, str]:
@@ -43,19 +44,27 @@ def test_worker_stream_shows_each_embedder_replica_with_metrics(service: Service
 
 
 def test_events_stream_newest_first_and_only_operators_may_reset(service: Service) -> None:
-    _, h = service.new_user()
+    me, h = service.new_user()
     stores = Stores(service.settings)
     stores.events.record("task_timeout", user="someone", item="uploads/someone/a.jpg")
     stores.events.record("item_failed", user="someone", item="uploads/someone/b.jpg")
+    stores.events.record("item_failed", user=me, item=f"uploads/{me}/mine.jpg", reason="bad")
     events = next(iter(sse_events(service, "/monitor/events", h)))
+    # a plain user: their own events in full, nobody else's names, items or reasons
     assert isinstance(events, list) and events[0]["type"] == "item_failed"
-    assert events[1]["type"] == "task_timeout" and "ts" in events[1]
+    assert events[0]["item"] == f"uploads/{me}/mine.jpg" and events[0]["reason"] == "bad"
+    assert [e["type"] for e in events[1:]] == ["task_timeout"]
+    assert "ts" in events[1] and "user" not in events[1] and "item" not in events[1]
+    assert "someone" not in json.dumps(events)
+    everything = next(iter(sse_events(service, "/monitor/events", _admin_headers(service))))
+    assert [e.get("user") for e in everything[:3]] == [me, "someone", "someone"]
     with service.client() as c:
         r = c.post("/monitor/events/reset", headers=h)
         assert r.status_code == 403
         assert stores.events.list()  # nothing was lost by the refused reset
         token = h["Authorization"].split()[1]
         assert c.post(f"/monitor/events/reset?token={token}").status_code == 401
+        assert c.post("/monitor/events/reset", headers=h).json()["code"] == "forbidden"
         r = c.post("/monitor/events/reset", headers=_admin_headers(service))
         assert r.status_code == 200
         assert r.json() == {"message": "Monitor events reset successfully."}

@@ -11,7 +11,7 @@ import pymupdf
 import pytest
 
 from tests.conftest import Service
-from tests.integration.helpers import upload_pdf, wait_settled
+from tests.support.http import upload_pdf, wait_settled
 from tests.support.fake_gemini import FakeGemini
 from tests.support.tiny_clip import draw_shape
 
@@ -130,14 +130,14 @@ def test_the_response_has_the_spec_shape_and_gemini_sees_the_page_and_question(
     assert body["query"] == "How long is the warranty on the kettle?"
     top = body["top_result"]
     assert top["filename"] == docs["kettle"][0]
-    assert top["image_url"] == f"/image/{top['filename']}"
+    assert top["image_url"].startswith(f"/image/{top['filename']}?")  # a signed link
     assert isinstance(top["similarity"], float) and top["page"] == 1
     assert body["gemini_answer"] == "Twenty four months."
     [request] = gemini.requests[seen:]
     assert "How long is the warranty" in request.prompt_text
     [(mime, image)] = request.inline_images
     with service.client() as c:
-        page_bytes = c.get(top["image_url"], headers=h).content
+        page_bytes = c.get(top["image_url"]).content  # the signed link alone opens it
     assert mime == "image/jpeg" and image == page_bytes
     assert request.api_key == service.settings.gemini.api_key
     _ = base64  # the fake decodes the SDK's url-safe base64 for us

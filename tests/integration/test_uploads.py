@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.conftest import Service
-from tests.integration.helpers import (
+from tests.support.http import (
     sse_events,
     status_snapshot,
     upload_pdf,
@@ -220,8 +220,9 @@ def test_status_is_a_real_sse_stream_with_the_spec_fields(service: Service) -> N
     assert set(event) == {
         "queue", "queued_items", "processing", "processing_workers", "done", "errors", "retries",
     }  # fmt: skip
-    token = h["Authorization"].split()[1]
-    event = next(iter(sse_events(service, f"/status?token={token}", {})))
+    with service.client() as c:
+        ticket = c.post("/stream-ticket", headers=h).json()["ticket"]
+    event = next(iter(sse_events(service, f"/status?ticket={ticket}", {})))
     assert event["queue"] == 0
 
 
