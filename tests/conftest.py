@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ import httpx
 import pytest
 
 from tests.support.fake_gemini import FakeGemini, fake_gemini
+from tests.support.http import wait_healthy
 from tests.support.tiny_clip import TinyClip, ensure_tiny_clip
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,13 +46,14 @@ class RedisServer:
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)
-        for _ in range(200):
+
+        def answers() -> bool:
             try:
-                if client.ping():
-                    return
+                return bool(client.ping())
             except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+                return False
+
+        wait_until(answers, 10, f"redis-server on port {self.port} to answer PING")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -161,19 +163,12 @@ def service(
 
     settings = Settings(**overrides)
     svc = Service(f"http://127.0.0.1:{port}", settings, redis_server, config)
-    _wait_healthy(svc)
+    wait_healthy(svc.url)
     yield svc
     serve.shutdown()
     ray.shutdown()
 
 
-def _wait_healthy(svc: Service, timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{svc.url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("service did not become healthy")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `restarts` run after all others: they restart Redis, the app and Ray."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts") is not None)

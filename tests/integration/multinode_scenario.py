@@ -7,6 +7,7 @@ Prints one JSON line with what happened; exits 0 when nothing was lost.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -23,11 +24,14 @@ from actors.naming import NAMESPACE, shard_for
 from deploy import deploy, free_port, load_config
 from lumen.config import Settings
 from lumen.storage import Stores
-from tests.integration.test_reliability import _noisy_jpegs
-from tests.support.hostile import make_zip
+from lumen.storage.queue import QueueStatus
+from tests.support.hostile import make_zip, noisy_jpegs
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 N_ITEMS = 400
+REMOVE_AFTER = 60  # items done before a worker node goes
+NODE_LOSS = {"node_dead", "worker_dead", "replica_dead"}  # events that can say so
 
 
 def _config(overrides: dict[str, Any], port: int) -> dict[str, Any]:
@@ -74,21 +78,33 @@ def main(overrides: dict[str, Any]) -> int:
         body = client.post(
             "/upload",
             headers=h,
-            files={"zip_file": ("n.zip", make_zip(_noisy_jpegs(N_ITEMS, side=128, seed=21)), "x")},
+            files={"zip_file": ("n.zip", make_zip(noisy_jpegs(N_ITEMS, side=128, seed=21)), "x")},
         ).json()
         queued = body["queued"]
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            st = stores.queue.status("nodeuser", N_ITEMS)
-            if not result["removed_node"] and len(st.done) >= 60:
-                cluster.remove_node(workers[0])
-                result["removed_node"] = True
-                result["done_at_removal"] = len(st.done)
-            if st.queue == 0 and not st.processing and len(st.done) + len(st.errors) >= N_ITEMS:
-                break
-            time.sleep(0.25)
-        time.sleep(3 * settings.monitor.poll_interval_s)  # let the monitor see the dead node
-        st = stores.queue.status("nodeuser", N_ITEMS)
+        deadline = time.monotonic() + 600
+
+        def status() -> QueueStatus:
+            return stores.queue.status("nodeuser", N_ITEMS)
+
+        def done_enough() -> int:
+            done = len(status().done)
+            return done if done >= REMOVE_AFTER else 0
+
+        def settled() -> bool:
+            st = status()
+            return st.queue == 0 and not st.processing and len(st.done) + len(st.errors) >= N_ITEMS
+
+        def loss_reported() -> bool:
+            return bool(NODE_LOSS & {e["type"] for e in stores.events.list()})
+
+        # a wait that runs out is not fatal here: the printed result says what happened
+        with contextlib.suppress(AssertionError):
+            done = wait_until(done_enough, 600, f"{REMOVE_AFTER} items done", poll_s=0.25)
+            cluster.remove_node(workers[0])
+            result.update(removed_node=True, done_at_removal=done)
+            wait_until(settled, deadline - time.monotonic(), "every item settled", poll_s=0.25)
+            wait_until(loss_reported, 30, "the monitor to report the lost node", poll_s=0.25)
+        st = status()
         shard = get_index_shard(settings, shard_for("nodeuser", settings.queue.index_shards))
         ids = ray.get(shard.ids.remote("nodeuser"))
         events = stores.events.list()

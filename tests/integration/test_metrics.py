@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import ray
 
 from tests.conftest import Service
-from tests.integration.helpers import search, upload_zip, wait_settled
 from tests.support.hostile import make_jpeg, make_zip
+from tests.support.http import search, upload_zip, wait_settled
+from tests.support.waiting import wait_until
 
 EXPECTED = (
     "lumen_items_done_total",
@@ -28,10 +27,9 @@ def test_service_metrics_appear_on_the_metrics_endpoint(service: Service) -> Non
     search(service, h, query="a red circle")
     search(service, h, query="x", top_k="0")  # an error response
     port = ray.nodes()[0]["MetricsExportPort"]
-    deadline = time.time() + 90
-    missing: list[str] = list(EXPECTED)
-    while time.time() < deadline and missing:
+
+    def all_exported() -> bool:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        missing = [m for m in EXPECTED if m not in text]
-        time.sleep(2)
-    assert not missing, missing
+        return all(m in text for m in EXPECTED)
+
+    wait_until(all_exported, 90, f"{', '.join(EXPECTED)} on the metrics endpoint", poll_s=2)

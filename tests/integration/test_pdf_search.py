@@ -11,8 +11,8 @@ import pymupdf
 import pytest
 
 from tests.conftest import Service
-from tests.support.http import upload_pdf, wait_settled
 from tests.support.fake_gemini import FakeGemini
+from tests.support.http import upload_pdf, wait_settled
 from tests.support.tiny_clip import draw_shape
 
 DATA = Path(__file__).resolve().parents[1] / "data"

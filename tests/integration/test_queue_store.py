@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 
@@ -13,6 +12,7 @@ from lumen.config import Settings
 from lumen.storage import Stores
 from lumen.storage.queue import NewItem, Usage
 from tests.conftest import RedisServer
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -23,13 +23,6 @@ def stores(redis_server: RedisServer) -> Stores:
 
 def _items(user: str, n: int, prefix: str = "img") -> list[NewItem]:
     return [NewItem(f"uploads/{user}/{prefix}{i}.jpg", f"{prefix}-sha-{i}") for i in range(n)]
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def _errored(stores: Stores, user: str, items: list[NewItem]) -> list[str]:
@@ -141,10 +134,17 @@ def test_delete_and_reset_under_concurrent_claims_lose_and_resurrect_nothing(
     ]
     for t in threads:
         t.start()
-    _wait_for(lambda: any(c.startswith("uploads/alice/") for c in claimed))
+    wait_until(
+        lambda: any(c.startswith("uploads/alice/") for c in claimed),
+        30,
+        "a claim of alice's items",
+        poll_s=0.01,
+    )
     stores.queue.reset("alice")
     threads[2].join()
-    _wait_for(lambda: stores.queue.status("bob", 1).queue == 0)
+    wait_until(
+        lambda: stores.queue.status("bob", 1).queue == 0, 30, "bob's queue to empty", poll_s=0.01
+    )
     stop.set()
     for t in threads[:2]:
         t.join()
@@ -309,7 +309,6 @@ def test_every_user_key_carries_the_user_as_a_cluster_hash_tag(stores: Stores) -
     per_user = [
         *k.user_keys("alice"),
         k.user("alice"),
-        k.login_fail("alice"),
         k.reply("alice", "t"),
     ]
     assert all("{alice}" in key for key in per_user)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import ray
-from PIL import Image
 from ray import serve
 
 from actors.index_shard import get_index_shard
@@ -18,19 +16,10 @@ from actors.naming import shard_for
 from lumen.storage import Stores
 from lumen.storage.queue import NewItem
 from tests.conftest import Service
-from tests.integration.helpers import sse_events, status_snapshot, upload_zip, wait_settled
-from tests.support.hostile import make_zip
-
-
-def _noisy_jpegs(n: int, side: int = 256, seed: int = 0) -> dict[str, bytes]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in range(n):
-        arr = rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=80)
-        out[f"img_{i:05d}.jpg"] = buf.getvalue()
-    return out
+from tests.support.chaos import kill_one_embedder_replica
+from tests.support.hostile import make_zip, noisy_jpegs
+from tests.support.http import sse_events, status_snapshot, upload_zip, wait_settled
+from tests.support.waiting import wait_until
 
 
 def _embedder_replicas(state: str = "RUNNING") -> int:
@@ -44,52 +33,36 @@ def test_light_user_is_not_starved_and_the_embedder_scales_out_and_back(
 ) -> None:
     _, heavy = service.new_user("heavy")
     _, light = service.new_user("light")
-    heavy_zip = make_zip(_noisy_jpegs(6000, side=96, seed=1))
-    light_zip = make_zip(_noisy_jpegs(5, side=128, seed=2))
+    heavy_zip = make_zip(noisy_jpegs(6000, side=96, seed=1))
+    light_zip = make_zip(noisy_jpegs(5, side=128, seed=2))
     seen_replicas: list[tuple[int, int]] = []  # (running, starting)
     stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.is_set():
+    def watch() -> None:  # samples the replica counts twice a second until stopped
+        while True:
             seen_replicas.append((_embedder_replicas(), _embedder_replicas("STARTING")))
-            time.sleep(0.5)
+            if stop.wait(0.5):
+                return
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.time()
-    assert len(upload_zip(service, heavy, heavy_zip).json()["queued"]) == 6000
-    assert len(upload_zip(service, light, light_zip).json()["queued"]) == 5
-    wait_settled(service, light, 5, timeout_s=300)
-    heavy_done_then = len(status_snapshot(service, heavy)["done"])
-    assert heavy_done_then < 3000, heavy_done_then  # light's 5 finished before heavy's half
-    final = wait_settled(service, heavy, 6000, timeout_s=600)
-    print(f"6000 queued items settled in {time.time() - started:.1f} s; replicas {seen_replicas}")
-    assert len(final["done"]) == 6000 and final["errors"] == {}
-    deadline = time.time() + 120
-    while time.time() < deadline and _embedder_replicas() != 1:
-        time.sleep(1)
-    stop.set()
-    watcher.join()
+    try:
+        assert len(upload_zip(service, heavy, heavy_zip).json()["queued"]) == 6000
+        assert len(upload_zip(service, light, light_zip).json()["queued"]) == 5
+        wait_settled(service, light, 5, timeout_s=300)
+        heavy_done_then = len(status_snapshot(service, heavy)["done"])
+        assert heavy_done_then < 3000, heavy_done_then  # light's 5 finished before heavy's half
+        final = wait_settled(service, heavy, 6000, timeout_s=600)
+        took_s = time.time() - started
+        print(f"6000 queued items settled in {took_s:.1f} s; replicas {seen_replicas}")
+        assert len(final["done"]) == 6000 and final["errors"] == {}
+        idle = "the Embedder to scale back to one replica when idle"
+        wait_until(lambda: _embedder_replicas() == 1, 120, idle, poll_s=1)
+    finally:
+        stop.set()
+        watcher.join()
     assert max(r for r, _ in seen_replicas) >= 2, seen_replicas  # grew under the backlog
-    assert _embedder_replicas() == 1  # and shrank back when idle
-
-
-def _kill_one_embedder_replica() -> str:
-    from ray.util.state import list_actors
-
-    deadline = time.time() + 90  # a replacement for an earlier kill may still be starting
-    while True:
-        actors = list_actors(
-            address=ray.get_runtime_context().gcs_address,
-            filters=[("class_name", "=", "ServeReplica:lumen:Embedder"), ("state", "=", "ALIVE")],
-            raise_on_missing_output=False,
-        )
-        if actors or time.time() > deadline:
-            break
-        time.sleep(0.5)
-    assert actors, "no live Embedder replica"
-    os.kill(actors[0].pid, 9)
-    return str(actors[0].name)
 
 
 def test_every_item_is_indexed_exactly_once_despite_replica_and_shard_kills(
@@ -97,7 +70,7 @@ def test_every_item_is_indexed_exactly_once_despite_replica_and_shard_kills(
 ) -> None:
     user, h = service.new_user("chaos")
     n = 600
-    body = upload_zip(service, h, make_zip(_noisy_jpegs(n, side=160, seed=3))).json()
+    body = upload_zip(service, h, make_zip(noisy_jpegs(n, side=160, seed=3))).json()
     assert len(body["queued"]) == n
     settings = service.settings
     shard = get_index_shard(settings, shard_for(user, settings.queue.index_shards))
@@ -106,7 +79,7 @@ def test_every_item_is_indexed_exactly_once_despite_replica_and_shard_kills(
     for event in sse_events(service, "/status", h, timeout_s=600):
         done = len(event["done"])
         if not killed_replica and event["processing"] and done >= 30:
-            _kill_one_embedder_replica()
+            kill_one_embedder_replica()
             killed_replica = True
         if not killed_shard and done >= 200:
             ray.kill(shard, no_restart=False)
@@ -142,15 +115,22 @@ def test_a_hanging_task_times_out_is_retried_then_errors(service: Service) -> No
     # the second item already used all but one of its attempts
     stores.redis.hset(stores.keys.retries(user), items[1], settings.queue.max_retries)
     stores.queue.enqueue(user, [NewItem(i, f"sha-{i}") for i in items])
+
+    def first_timeouts() -> dict[str, dict[str, Any]]:
+        """Each item's first task_timeout event, once every item has one."""
+        first: dict[str, dict[str, Any]] = {}
+        for e in reversed(stores.events.list()):  # oldest first
+            if e["type"] == "task_timeout" and e["item"] in items:
+                first.setdefault(str(e["item"]), e)
+        return first if len(first) == len(items) else {}
+
     try:
-        deadline = time.time() + settings.queue.task_timeout_s * 3 + 30
-        timeouts: dict[str, dict[str, object]] = {}
-        while time.time() < deadline and len(timeouts) < 2:
-            for e in stores.events.list():
-                if e["type"] == "task_timeout" and e["item"] in items:
-                    timeouts.setdefault(str(e["item"]), e)
-            time.sleep(0.5)
-        assert set(timeouts) == set(items)
+        timeouts = wait_until(
+            first_timeouts,
+            settings.queue.task_timeout_s * 3 + 30,
+            "a task_timeout event for each hanging item",
+            poll_s=0.5,
+        )
         assert timeouts[items[0]]["state"] == "queued"
         assert timeouts[items[1]]["state"] == "error"
         st = status_snapshot(service, h)

@@ -7,8 +7,8 @@ import io
 import pytest
 
 from tests.conftest import Service
-from tests.integration.helpers import search, upload_zip, wait_settled
 from tests.support.hostile import make_zip
+from tests.support.http import search, upload_zip, wait_settled
 from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
 
 

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.conftest import Service
+from tests.support.hostile import HOSTILE_CASES, make_heic, make_jpeg, make_pdf, make_png, make_zip
 from tests.support.http import (
     sse_events,
     status_snapshot,
@@ -16,7 +17,6 @@ from tests.support.http import (
     upload_zip,
     wait_settled,
 )
-from tests.support.hostile import HOSTILE_CASES, make_heic, make_jpeg, make_pdf, make_png, make_zip
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pymupdf
 from PIL import Image, ImageDraw
 
@@ -69,6 +70,18 @@ def make_zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED)
         for name, data in members.items():
             archive.writestr(name, data)
     return out.getvalue()
+
+
+def noisy_jpegs(n: int, side: int = 256, seed: int = 0) -> dict[str, bytes]:
+    """`n` JPEGs of random noise (`img_00000.jpg`, ...): distinct content, slow to compress."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        arr = rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=80)
+        out[f"img_{i:05d}.jpg"] = buf.getvalue()
+    return out
 
 
 def make_pdf(pages: list[str]) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from lumen.config import ExecutorSettings
 from lumen.errors import Busy
 from lumen.executors import BoundedExecutor, Executors
+from tests.support.waiting import wait_until_async
 
 WAIT_S = 10.0
 
@@ -32,14 +32,6 @@ class Gate:
     def wait_started(self, n: int) -> None:
         for _ in range(n):
             assert self.started.acquire(timeout=WAIT_S), "a call never started"
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll `condition` on the loop with a deadline (no fixed sleeps)."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.001)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -100,7 +92,7 @@ def test_a_caller_giving_up_on_a_queued_call_frees_its_slot() -> None:
         gate.wait_started(1)
         queued = pool.submit(gate.block, 2)
         queued.cancel()
-        await until(lambda: pool.pending == 1)
+        await wait_until_async(lambda: pool.pending == 1, WAIT_S, "one call pending")
         third = pool.submit(gate.block, 3)
         gate.opened.set()
         assert await running == 1
@@ -119,7 +111,7 @@ def test_a_caller_giving_up_on_a_running_call_keeps_the_slot_until_it_ends() -> 
         with pytest.raises(Busy):
             pool.submit(gate.block, 2)
         gate.opened.set()
-        await until(lambda: pool.pending == 0)
+        await wait_until_async(lambda: pool.pending == 0, WAIT_S, "no call pending")
         assert await pool.run(gate.block, 3) == 3
         pool.shutdown()
 

@@ -1,16 +1,20 @@
-"""Restarts lose nothing: Redis (AOF), the Serve app, the whole Ray instance. Runs last."""
+"""Restarts lose nothing: Redis (AOF), the Serve app, the whole Ray instance.
+
+Marked `restarts`: `tests/conftest.py` runs it after every other test (it restarts what they share).
+"""
 
 from __future__ import annotations
 
 import io
 
+import pytest
 import ray
 from ray import serve
 
 from deploy import deploy, free_port, start_ray
-from tests.conftest import Service, _wait_healthy
-from tests.integration.helpers import search, upload_zip, wait_settled
+from tests.conftest import Service
 from tests.support.hostile import make_zip
+from tests.support.http import search, upload_zip, wait_healthy, wait_settled
 from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
 
 PASSWORD = "correct horse"
@@ -40,6 +44,7 @@ def _results(service: Service, h: dict[str, str]) -> list[object]:
     return out
 
 
+@pytest.mark.restarts
 def test_users_items_and_search_results_survive_every_restart(service: Service) -> None:
     user, h = service.new_user("durable")
     members = {f"{c}_{s}.png": _png(c, s) for c in COLORS for s in SHAPES}
@@ -55,7 +60,7 @@ def test_users_items_and_search_results_survive_every_restart(service: Service) 
 
     serve.delete(service.config["applications"][0]["name"])  # the Serve app
     deploy(service.config)
-    _wait_healthy(service)
+    wait_healthy(service.url)
     h = _login(service, user)
     assert _results(service, h) == before
 
@@ -63,7 +68,7 @@ def test_users_items_and_search_results_survive_every_restart(service: Service) 
     ray.shutdown()
     start_ray(num_cpus=4, dashboard_port=free_port())
     deploy(service.config)
-    _wait_healthy(service)
+    wait_healthy(service.url)
     h = _login(service, user)  # tokens and users survive too
     assert _results(service, h) == before
     with service.client() as c:

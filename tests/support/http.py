@@ -1,15 +1,18 @@
-"""Helpers shared by the HTTP integration tests."""
+"""HTTP helpers shared by the integration tests: uploads, searches, SSE streams, waiting."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.conftest import Service
+from tests.support.waiting import wait_until
+
+if TYPE_CHECKING:  # conftest imports this module: no import of it at run time
+    from tests.conftest import Service
 
 
 def upload_zip(
@@ -85,3 +88,15 @@ def search(
     files = {"image": ("q.png", image, "image/png")} if image is not None else None
     with service.client() as c:
         return c.post("/search", headers=headers, data=data, files=files)
+
+
+def is_healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(url: str, timeout_s: float = 120) -> None:
+    """Wait until the service at `url` answers `/healthz` with 200."""
+    wait_until(lambda: is_healthy(url), timeout_s, f"{url} to become healthy", poll_s=0.5)

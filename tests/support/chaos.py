@@ -1,0 +1,34 @@
+"""Fault injection against the running local Ray cluster (integration tests only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import ray
+
+from tests.support.waiting import wait_until
+
+EMBEDDER_CLASS = "ServeReplica:lumen:Embedder"
+
+
+def live_embedder_replicas() -> list[Any]:
+    """The state API's rows of the Embedder replicas that are alive now."""
+    from ray.util.state import list_actors
+
+    return list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", EMBEDDER_CLASS), ("state", "=", "ALIVE")],
+        raise_on_missing_output=False,
+    )
+
+
+def kill_one_embedder_replica() -> str:
+    """SIGKILL one live Embedder replica's process; returns its actor name.
+
+    A replacement for an earlier kill may still be starting, so this waits for a live one.
+    """
+    actors = wait_until(live_embedder_replicas, 90, "a live Embedder replica", poll_s=0.5)
+    os.kill(actors[0].pid, signal.SIGKILL)
+    return str(actors[0].name)
