@@ -11,7 +11,14 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pydantic import ValidationError
 
 from lumen import cli
-from lumen.auth import Authenticator, address_subject, client_address, create_account
+from lumen.auth import (
+    Authenticator,
+    address_subject,
+    client_address,
+    create_account,
+    validate_password,
+    validate_username,
+)
 from lumen.config import AuthSettings
 from lumen.errors import (
     BadRequest,
@@ -460,3 +467,23 @@ def test_the_operator_prompt_asks_twice_and_creates_nothing_when_they_differ(
     monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(answers))
     assert cli.run(["admin", "create-user", "bob"]) == 2
     assert not operator_store.exists("bob")
+
+
+@pytest.mark.parametrize("name", ["abc", "a.b-c_d", "A" * 64, "_x1"])
+def test_good_usernames_pass(name: str) -> None:
+    assert validate_username(name) == name
+
+
+@pytest.mark.parametrize("name", ["ab", ".abc", "a b c", "a/b/c", "x" * 65, "naïve"])
+def test_bad_usernames_are_refused(name: str) -> None:
+    with pytest.raises(BadRequest):
+        validate_username(name)
+
+
+def test_password_length_rules() -> None:
+    s = AuthSettings()
+    with pytest.raises(BadRequest):
+        validate_password("short", s)
+    with pytest.raises(BadRequest):
+        validate_password("x" * (s.max_password_chars + 1), s)
+    assert validate_password("long enough", s) == "long enough"

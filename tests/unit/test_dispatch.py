@@ -234,3 +234,26 @@ def test_round_robin_starts_the_next_round_with_the_users_left_out() -> None:
     rr = RoundRobin()
     assert rr.plan(["a", "b", "c"], 2, 4) == [("a", 1), ("b", 1)]
     assert rr.plan(["a", "b", "c"], 2, 4) == [("c", 1), ("a", 1)]
+
+
+def test_round_robin_caps_each_user_at_max_per_user_and_splits_a_small_capacity_evenly() -> None:
+    rr = RoundRobin()
+    assert rr.plan(["heavy", "light"], capacity=100, max_per_user=32) == [
+        ("heavy", 32),
+        ("light", 32),
+    ]
+    assert rr.plan(["heavy", "light"], capacity=10, max_per_user=32) == [
+        ("heavy", 5),
+        ("light", 5),
+    ]
+
+
+def test_round_robin_never_exceeds_capacity_and_serves_many_users_over_rounds() -> None:
+    rr = RoundRobin()
+    users = [f"u{i}" for i in range(10)]
+    served: set[str] = set()
+    for _ in range(3):
+        plan = rr.plan(users, capacity=4, max_per_user=32)
+        assert sum(n for _, n in plan) <= 4
+        served |= {u for u, _ in plan}
+    assert served == set(users)  # nobody waits more than ceil(10 / 4) rounds

@@ -279,3 +279,20 @@ def test_an_alive_replica_is_starting_then_healthy_then_stale_when_its_beats_sto
         "status": "stale",
         "node_id": "node-1",
     }
+
+
+def test_worker_book_reports_health_stale_and_dead_then_ages_dead_out() -> None:
+    book = WorkerBook(stale_after_s=10, dead_ttl_s=100)
+    reps = [ReplicaState("embedder-a", "ALIVE"), ReplicaState("embedder-b", "ALIVE")]
+    beats = {"embedder-a": {"cpu": 1.0, "mem": 2.0, "ts": 1000}, "embedder-b": {"ts": 900}}
+    view, dead = book.update(reps, beats, now=1005)
+    assert view["embedder-a"]["status"] == "health" and view["embedder-a"]["metrics"]["cpu"] == 1.0
+    assert view["embedder-b"]["status"] == "stale" and dead == []
+    view, dead = book.update(
+        [ReplicaState("embedder-a", "DEAD", death_cause="killed")], beats, now=1010
+    )
+    assert view == {"embedder-a": {"status": "dead", "cause": "killed"}} and dead == ["embedder-a"]
+    _, dead = book.update([ReplicaState("embedder-a", "DEAD")], beats, now=1020)
+    assert dead == []  # reported once
+    view, _ = book.update([ReplicaState("embedder-a", "DEAD")], beats, now=1200)
+    assert view == {}
