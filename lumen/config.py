@@ -119,7 +119,6 @@ class QueueSettings(BaseModel):
     dispatch_batch_size: int = 32
     max_inflight_batches: int = 4
     poll_interval_s: float = 0.05
-    queue_shards: int = 2
     index_shards: int = 2
 
 
@@ -209,10 +208,6 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
-
-    @property
-    def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
 
     def with_local_secret(self) -> Settings:
         """Return settings whose JWT secret is set, generating one kept in the data dir."""

@@ -28,7 +28,6 @@ import faiss
 import numpy as np
 from faiss.contrib.inspect_tools import get_invlist
 
-from lumen.config import IndexSettings
 from lumen.vectors import is_normalized, normalize
 
 # nlist = sqrt(n) * _NLIST_PER_SQRT_N, within [1, _MAX_NLIST] and at most n / _MIN_POINTS_PER_LIST
@@ -93,20 +92,6 @@ class UserIndex:
         ids, vectors = index._checked(ids, vectors)
         index._load(ids, vectors)
         return index
-
-    @classmethod
-    def from_settings(
-        cls,
-        dim: int,
-        settings: IndexSettings,
-        ids: np.ndarray | None = None,
-        vectors: np.ndarray | None = None,
-    ) -> UserIndex:
-        """Return an index shaped by `settings`, optionally built from existing vectors."""
-        shape = {"approximate_threshold": settings.approximate_threshold}
-        if ids is None or vectors is None:
-            return cls(dim, **shape, nprobe=settings.ivf_nprobe)
-        return cls.build(dim, ids, vectors, **shape, nprobe=settings.ivf_nprobe)
 
     @property
     def dim(self) -> int:

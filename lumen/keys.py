@@ -2,12 +2,12 @@
 
 Lua scripts receive every key they touch from here (KEYS); none is built inside Lua. Each
 per-user key carries the user as a Redis Cluster hash tag (`lumen:queue:{alice}`), so one
-user's keys share a slot; the few cross-user keys (deadline, active, events, heartbeat) do not.
+user's keys share a slot; the few cross-user keys (deadline, active, events, heartbeat,
+throttle) do not.
 
 Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a.jpg`):
 
     user:{u}            hash   password hash, created
-    login_fail:{u}      string failed-login counter with a TTL
     queue:{u}           list   queued items, oldest first
     processing:{u}      hash   item -> worker id
     deadline            zset   "{u}\\0{item}" -> deadline (epoch s), across users
@@ -28,6 +28,8 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
     active              set    users with queued items (the dispatcher's round robin)
     events              list   monitor events, newest first (capped)
     heartbeat           hash   worker id -> JSON metrics
+    throttle:{subject}  string attempt counter with a TTL (the subject is not a hash tag):
+                               `login-addr:A`, `login-user:U|A`, `signup-addr:A`, A an address
 """
 
 from __future__ import annotations
@@ -43,9 +45,6 @@ class Keys:
 
     def user(self, user: str) -> str:
         return f"{self.ns}:user:{{{user}}}"
-
-    def login_fail(self, user: str) -> str:
-        return f"{self.ns}:login_fail:{{{user}}}"
 
     def queue(self, user: str) -> str:
         return f"{self.ns}:queue:{{{user}}}"
@@ -132,5 +131,5 @@ class Keys:
         ]
 
     def throttle(self, subject: str) -> str:
-        """An attempt counter with a TTL; `subject` is e.g. `login:{addr}`, `signup:{addr}`."""
+        """An attempt counter with a TTL; `subject` is e.g. `login-addr:{a}`, `signup-addr:{a}`."""
         return f"{self.ns}:throttle:{subject}"

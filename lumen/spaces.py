@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from lumen.config import Settings
+from lumen.config import IndexSettings, Settings
 from lumen.errors import ModelMismatch
 from lumen.index import UserIndex
 from lumen.pdfsearch import BM25Index, fuse
@@ -28,6 +28,19 @@ def faiss_threads(n: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def new_index(
+    dim: int,
+    settings: IndexSettings,
+    ids: np.ndarray | None = None,
+    vectors: np.ndarray | None = None,
+) -> UserIndex:
+    """An index shaped by `settings`: empty, or built from existing `ids` and `vectors`."""
+    shape = {"approximate_threshold": settings.approximate_threshold, "nprobe": settings.ivf_nprobe}
+    if ids is None or vectors is None:
+        return UserIndex(dim, **shape)
+    return UserIndex.build(dim, ids, vectors, **shape)
 
 
 def is_pdf_page(user: str, item: str) -> bool:
@@ -52,10 +65,6 @@ class SpaceRegistry:
         self.stores = stores
         self.spaces: dict[str, Space] = {}
 
-    def _new_index(self, dim: int) -> UserIndex:
-        ix = self.settings.index
-        return UserIndex(dim, approximate_threshold=ix.approximate_threshold, nprobe=ix.ivf_nprobe)
-
     def load(self, user: str) -> Space | None:
         """The user's space, rebuilt from Redis on first use; None when nothing is indexed."""
         if user in self.spaces:
@@ -72,11 +81,8 @@ class SpaceRegistry:
         vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, info.dim), dtype=np.float32)
         ix = self.settings.index
         with faiss_threads(os.cpu_count() or 1):  # a rebuild may use the whole node briefly
-            images = UserIndex.build(
-                info.dim, ids, vecs, approximate_threshold=ix.approximate_threshold,
-                nprobe=ix.ivf_nprobe,
-            )  # fmt: skip
-        space = Space(dim=info.dim, images=images, pdf_pages=self._new_index(info.dim))
+            images = new_index(info.dim, ix, ids, vecs)
+        space = Space(dim=info.dim, images=images, pdf_pages=new_index(info.dim, ix))
         pdf_items = self.stores.queue.pdf_items(user)
         pdf_ids = np.array(
             [i for i in self.stores.vectors.ids_for(user, pdf_items) if i is not None],

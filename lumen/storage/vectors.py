@@ -107,12 +107,6 @@ class VectorStore:
         raw = self._r.hmget(self._k.vid(user), items)
         return [int(r) if r is not None else None for r in raw]
 
-    def captions(self, user: str, items: list[str]) -> list[str]:
-        if not items:
-            return []
-        raw = self._r.hmget(self._k.caption(user), items)
-        return [text(r) if r is not None else "" for r in raw]
-
     def write_raw(self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes]]) -> None:
         """Bulk-load vectors straight into the store (benchmarks and imports, not the queue)."""
         k = self._k

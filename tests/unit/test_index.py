@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lumen.config import IndexSettings
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.vectors import normalize
 
@@ -238,15 +237,6 @@ def test_build_picks_flat_when_small_and_ivf_when_large() -> None:
 
     assert (small.kind, len(small)) == (IndexKind.FLAT, 10)
     assert (large.kind, len(large)) == (IndexKind.IVF, 3_000)
-
-
-def test_from_settings_uses_the_configured_threshold_and_nprobe() -> None:
-    settings = IndexSettings(approximate_threshold=100, ivf_nprobe=3)
-
-    index = UserIndex.from_settings(DIM, settings, np.arange(200), clustered(200))
-
-    assert index.kind is IndexKind.IVF
-    assert index.nprobe == 3
 
 
 def test_nlist_grows_with_size_but_leaves_enough_points_to_train_each_list() -> None:
