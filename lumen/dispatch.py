@@ -23,6 +23,7 @@ from lumen.config import QueueSettings
 from lumen.errors import ModelMismatch
 from lumen.events import EventKind
 from lumen.metrics import Metrics
+from lumen.states import ItemState
 from lumen.worker import EmbedResult
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Commit(Protocol):
 class Retried(Protocol):
     user: str
     item: str
-    state: str
+    state: ItemState
 
 
 class DispatchQueue(Protocol):
@@ -59,7 +60,7 @@ class DispatchQueue(Protocol):
     def depth(self) -> dict[str, int]: ...
     def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]: ...
     def requeue_expired(self, max_retries: int) -> Sequence[Retried]: ...
-    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[str]: ...
+    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[ItemState]: ...
     def workers_of(self, user: str, items: list[str]) -> dict[str, str]: ...
 
 
@@ -181,11 +182,11 @@ class DispatchCore:
     def sweep(self) -> None:
         """Requeue (or error) items whose deadline passed; say so in events."""
         for r in self.queue.requeue_expired(self.settings.max_retries):
-            if r.state == "gone":
+            if r.state == ItemState.GONE:
                 continue
             self.metrics.items_failed("timeout", 1)
             self.events.record(EventKind.TASK_TIMEOUT, user=r.user, item=r.item, state=r.state)
-            if r.state == "error":
+            if r.state == ItemState.ERROR:
                 self.events.record(
                     EventKind.ITEM_FAILED, user=r.user, item=r.item, reason="task timed out"
                 )
@@ -261,7 +262,7 @@ class DispatchCore:
         if permanent:
             self.metrics.items_failed("permanent", len(permanent))
         for (u, item, reason), state in zip(transient + permanent, states, strict=True):
-            if state == "error":
+            if state == ItemState.ERROR:
                 self.events.record(EventKind.ITEM_FAILED, user=u, item=item, reason=reason)
 
     def requeue_dead(self, user: str, items: list[str]) -> None:
@@ -273,7 +274,7 @@ class DispatchCore:
         states = self.queue.fail(
             [(user, i, "worker died") for i in items], self.settings.max_retries
         )
-        requeued = {i for i, s in zip(items, states, strict=True) if s == "queued"}
+        requeued = {i for i, s in zip(items, states, strict=True) if s == ItemState.QUEUED}
         self.metrics.items_failed("worker_dead", len(items))
         for worker, its in by_worker.items():
             self.events.record(

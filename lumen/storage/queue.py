@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from lumen.keys import Keys
+from lumen.states import ItemState
 from lumen.storage import scripts
 from lumen.storage.text import text, text_map
 
@@ -51,7 +52,7 @@ class EnqueueResult:
 class Retried:
     user: str
     item: str
-    state: str  # "queued", "error" or "gone"
+    state: ItemState  # QUEUED, ERROR or GONE
 
 
 REPLY_TTL_S = 300  # how long a script's answer is kept for a resent call
@@ -147,7 +148,7 @@ class QueueStore:
 
     def _retry_user(
         self, user: str, pairs: list[tuple[str, str]], max_retries: int, now: float | None
-    ) -> list[str]:
+    ) -> list[ItemState]:
         """One atomic script per user: each (item, reason) requeued, errored, gone or live."""
         k = self._k
         keys = [
@@ -157,17 +158,17 @@ class QueueStore:
         args: list[Any] = [REPLY_TTL_S, user, max_retries, "" if now is None else repr(now)]
         for item, reason in pairs:
             args += [item, reason]
-        return [text(x) for x in self._retry(keys=keys, args=args)]
+        return [ItemState(text(x)) for x in self._retry(keys=keys, args=args)]
 
-    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[str]:
+    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[ItemState]:
         """Requeue or error each (user, item, reason) still in processing; returns states.
 
-        States are 'queued', 'error' or 'gone' (no longer processing), in the input's order.
+        States are QUEUED, ERROR or GONE (no longer processing), in the input's order.
         """
         by_user: dict[str, list[int]] = defaultdict(list)
         for pos, (user, _, _) in enumerate(failures):
             by_user[user].append(pos)
-        states = [""] * len(failures)
+        states = [ItemState.GONE] * len(failures)
         for user, positions in by_user.items():
             pairs = [(failures[p][1], failures[p][2]) for p in positions]
             results = self._retry_user(user, pairs, max_retries, None)
@@ -196,7 +197,7 @@ class QueueStore:
             out += [
                 Retried(user, item, state)
                 for item, state in zip(items, states, strict=True)
-                if state != "live"
+                if state != ItemState.LIVE
             ]
         return out
 
@@ -213,7 +214,7 @@ class QueueStore:
         keys = [self._reply(user), k.errors(user), k.retries(user), k.queue(user), k.active]
         return [text(x) for x in self._retry_failed(keys=keys, args=[REPLY_TTL_S, user, *items])]
 
-    def _run_delete(self, user: str, item: str, state: str) -> int:
+    def _run_delete(self, user: str, item: str, state: ItemState) -> int:
         k = self._k
         keys = [
             self._reply(user), k.queue(user), k.meta(user), k.sha(user), k.retries(user),
@@ -223,11 +224,11 @@ class QueueStore:
 
     def delete_queued(self, user: str, item: str) -> int:
         """Remove a waiting item (never embedded) and its records; returns how many went."""
-        return self._run_delete(user, item, "queued")
+        return self._run_delete(user, item, ItemState.QUEUED)
 
     def delete_failed(self, user: str, item: str) -> int:
         """Remove an errored item and its records (its file is the caller's); 0 or 1."""
-        return self._run_delete(user, item, "error")
+        return self._run_delete(user, item, ItemState.ERROR)
 
     def reset(self, user: str) -> None:
         k = self._k
@@ -235,8 +236,8 @@ class QueueStore:
             keys=[k.processing(user), k.deadline, k.active, *k.user_keys(user)], args=[user]
         )
 
-    def state_of(self, user: str, item: str) -> str | None:
-        """'processing', 'done', 'error', 'queued' or None (unknown to this user)."""
+    def state_of(self, user: str, item: str) -> ItemState | None:
+        """PROCESSING, DONE, ERROR, QUEUED or None (unknown to this user)."""
         k = self._k
         pipe = self._r.pipeline()
         pipe.hexists(k.processing(user), item)
@@ -245,12 +246,12 @@ class QueueStore:
         pipe.hexists(k.meta(user), item)
         processing, done, error, known = pipe.execute()
         if processing:
-            return "processing"
+            return ItemState.PROCESSING
         if done is not None:
-            return "done"
+            return ItemState.DONE
         if error:
-            return "error"
-        return "queued" if known else None
+            return ItemState.ERROR
+        return ItemState.QUEUED if known else None
 
     def status(self, user: str, max_items: int) -> QueueStatus:
         k = self._k

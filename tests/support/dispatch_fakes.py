@@ -10,6 +10,7 @@ from typing import Any
 
 from lumen.dispatch import WorkerDied
 from lumen.errors import ModelMismatch
+from lumen.states import ItemState
 from lumen.worker import EmbedResult
 
 
@@ -17,7 +18,7 @@ from lumen.worker import EmbedResult
 class Requeued:
     user: str
     item: str
-    state: str
+    state: ItemState
 
 
 @dataclass
@@ -49,18 +50,18 @@ class FakeQueue:
             self.processing[(user, item)] = worker
         return taken
 
-    def _retry(self, user: str, item: str, reason: str, max_retries: int) -> str:
+    def _retry(self, user: str, item: str, reason: str, max_retries: int) -> ItemState:
         if (user, item) not in self.processing:
-            return "gone"
+            return ItemState.GONE
         del self.processing[(user, item)]
         self.retries[(user, item)] += 1
         if self.retries[(user, item)] > max_retries:
             self.errors[(user, item)] = reason
-            return "error"
+            return ItemState.ERROR
         self.queues[user].insert(0, item)
-        return "queued"
+        return ItemState.QUEUED
 
-    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[str]:
+    def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[ItemState]:
         return [self._retry(u, i, r, max_retries) for u, i, r in failures]
 
     def requeue_expired(self, max_retries: int) -> Sequence[Requeued]:
