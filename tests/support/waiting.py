@@ -22,25 +22,30 @@ def wait_until(
 ) -> T:
     """Call `predicate` until it returns something truthy and return that; fail after
     `timeout_s` seconds with `what` (the condition, in words) in the message."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    give_up = _deadline(timeout_s, what)
+    while not (value := predicate()):
+        give_up()
         time.sleep(poll_s)
+    return value
 
 
 async def wait_until_async(
     predicate: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.001
 ) -> T:
     """`wait_until` for code on an event loop: yields to the loop between polls."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    give_up = _deadline(timeout_s, what)
+    while not (value := predicate()):
+        give_up()
         await asyncio.sleep(poll_s)
+    return value
+
+
+def _deadline(timeout_s: float, what: str) -> Callable[[], None]:
+    """A check that fails once `timeout_s` seconds have passed since this call."""
+    end = time.monotonic() + timeout_s
+
+    def give_up() -> None:
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+    return give_up
