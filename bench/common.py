@@ -8,6 +8,7 @@ here asserts a timing: benches print tables and exit 0.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import shutil
@@ -125,13 +126,19 @@ class Service:
     def client(self, timeout_s: float = 600.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout_s)
 
-    def new_user(self, prefix: str = "b") -> tuple[str, dict[str, str]]:
-        """Sign up and log in a fresh user; returns (name, auth headers)."""
+    def new_user(self, prefix: str = "b", address: str | None = None) -> tuple[str, dict[str, str]]:
+        """Sign up and log in a fresh user; returns (name, auth headers).
+
+        Each user comes from its own client address (`X-Forwarded-For`, believed because
+        `running_service` trusts 127.0.0.1 as a proxy), so the per-address signup limit never
+        throttles a bench's own setup.
+        """
         name = f"{prefix}{uuid.uuid4().hex[:8]}"
+        origin = {"X-Forwarded-For": address or bench_address()}
         with self.client() as c:
-            r = c.post("/signup", json={"username": name, "password": PASSWORD})
+            r = c.post("/signup", json={"username": name, "password": PASSWORD}, headers=origin)
             r.raise_for_status()
-            r = c.post("/login", data={"username": name, "password": PASSWORD})
+            r = c.post("/login", data={"username": name, "password": PASSWORD}, headers=origin)
             r.raise_for_status()
             return name, {"Authorization": f"Bearer {r.json()['access_token']}"}
 
@@ -180,6 +187,15 @@ class Service:
         from actors.naming import shard_for
 
         return get_index_shard(self.settings, shard_for(user, self.settings.queue.index_shards))
+
+
+_addresses = itertools.count(1)
+
+
+def bench_address(block: int = 18) -> str:
+    """A fresh client address in 198.`block`.0.0/16 (198.18.0.0/15 is for benchmarks)."""
+    n = next(_addresses)
+    return f"198.{block}.{(n >> 8) & 255}.{n & 255}"
 
 
 def actor_pids() -> list[tuple[str, int]]:
@@ -272,10 +288,15 @@ def running_service(
         if not aof:  # bulk loads of GBs of vectors: persistence is not what is measured
             client.config_set("appendonly", "no")
         namespace = f"bench{uuid.uuid4().hex[:6]}"
+        extra = dict(settings_overrides or {})
+        # Bench clients are told apart by X-Forwarded-For (see Service.new_user); the service's
+        # own limits stay at their defaults.
+        auth = {"trusted_proxies": ["127.0.0.1"], **extra.pop("auth", {})}
         overrides: dict[str, Any] = {
             "data_dir": str(tmp / "data"),
             "redis": {"url": url, "namespace": namespace},
-            **(settings_overrides or {}),
+            "auth": auth,
+            **extra,
         }
         config = load_config(ROOT / "configs" / "local.yaml", overrides)
         port = free_port()

@@ -1,8 +1,9 @@
 """Run every benchmark with small defaults (`make bench`); each prints its own tables.
 
 Small: ingest 60 photos with the shipped 1-CPU Embedder, search at 1k and 100k, rebuild
-at 100k, fairness with 2,000 heavy items. docs/benchmarks.md lists the full-size commands
-(200 photos at 1 and 2 CPUs, 1M vectors, 10,000 heavy items) and their results.
+at 100k, fairness with 2,000 heavy items, sharing with `--quick`. docs/benchmarks.md lists
+the full-size commands (200 photos at 1 and 2 CPUs, 1M vectors, 10,000 heavy items) and
+their results.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ RUNS: list[list[str]] = [
     ["search.py", "--sizes", "1k", "100k", "--queries", "50"],
     ["rebuild.py", "--sizes", "100k"],
     ["fairness.py", "--heavy", "2000", "--light", "20", "--per-light", "10"],
+    ["sharing.py", "--quick"],
 ]
 
 
