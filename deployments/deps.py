@@ -25,7 +25,7 @@ def services_of(app: FastAPI) -> Services:
     so the first request attaches the services of the replica serving it)."""
     services: Services | None = getattr(app.state, "services", None)
     if services is None:
-        services = serve.get_replica_context().servable_object.services
+        services = serve.get_replica_context().servable_object.services  # type: ignore[attr-defined]
         app.state.services = services
     return services
 

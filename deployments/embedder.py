@@ -65,7 +65,10 @@ class Embedder:
         if task is not None and task.done() and not task.cancelled() and task.exception():
             raise RuntimeError(f"the heartbeat loop died: {task.exception()!r}")
         problem = self.core.health_problem()
-        if problem is not None:
+        if problem is not None:  # tell the monitor why before Serve replaces this replica
+            with contextlib.suppress(Exception):
+                beat = {**self.core.metrics(), "healthy": False, "problem": problem}
+                await asyncio.to_thread(self.stores.heartbeats.beat, self.worker_id, beat)
             raise RuntimeError(problem)
         self._ensure_heartbeat()
 

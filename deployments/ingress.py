@@ -84,7 +84,7 @@ class RequestGate:
 
 async def _send_error(exc: LumenError, send: Send) -> None:
     response = _error_response(exc)
-    await response({"type": "http"}, _no_body, send)  # type: ignore[arg-type]
+    await response({"type": "http"}, _no_body, send)
 
 
 async def _no_body() -> Message:

@@ -26,6 +26,7 @@ class _Slot:
     """One admitted stream; released once, whichever way the response ends."""
 
     def __init__(self, svc: Services, user: str) -> None:
+        self.held = False
         svc.admission.acquire(Work.STREAM, user)
         self.svc, self.user, self.held = svc, user, True
 

@@ -48,9 +48,12 @@ class Commit(Protocol):
 
 
 class Retried(Protocol):
-    user: str
-    item: str
-    state: ItemState
+    @property
+    def user(self) -> str: ...
+    @property
+    def item(self) -> str: ...
+    @property
+    def state(self) -> ItemState: ...
 
 
 class DispatchQueue(Protocol):
@@ -65,7 +68,7 @@ class DispatchQueue(Protocol):
 
 
 class EventSink(Protocol):
-    def record(self, kind: str, **fields: Any) -> Any: ...
+    def record(self, kind: EventKind, **fields: Any) -> Any: ...
 
 
 @dataclass

@@ -39,7 +39,7 @@ class RayMetrics:
 
 
 _LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-_BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+_BATCH_BOUNDS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 @cache

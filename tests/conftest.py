@@ -94,7 +94,8 @@ class Service:
         """An HTTP client with an address of its own (the service trusts 127.0.0.1 as a
         proxy), so per-address throttles never mix up unrelated tests."""
         headers = {"X-Forwarded-For": random_address(), **kw.pop("headers", {})}
-        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kw)
+        kw.setdefault("timeout", 60)
+        return httpx.Client(base_url=self.url, headers=headers, **kw)
 
     def new_user(self, prefix: str = "u") -> tuple[str, dict[str, str]]:
         """Sign up and log in a fresh user; returns (name, auth headers)."""
@@ -135,6 +136,7 @@ def service_settings(
         "queue": {"task_timeout_s": 15.0, "max_retries": 3, "poll_interval_s": 0.02},
         "auth": {"admin_users": [ADMIN], "trusted_proxies": ["127.0.0.1"]},
         "gemini": {"api_key": secrets.token_hex(16), "base_url": gemini.base_url, "timeout_s": 2},
+        "admission": {"stream_recheck_s": 1.0},
         "monitor": {"poll_interval_s": 1.0, "sse_interval_s": 0.25, "heartbeat_interval_s": 1.0},
     }
 

@@ -144,6 +144,9 @@ def child_env(parent: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+_RENDER_NICENESS = 10
+
+
 def apply_limits(max_memory_bytes: int, cpu_s: float) -> None:
     """Cap this process's address space and CPU seconds (0 leaves a limit as it is).
 
@@ -155,6 +158,8 @@ def apply_limits(max_memory_bytes: int, cpu_s: float) -> None:
         soft = max(1, math.ceil(cpu_s))
         _lower(resource.RLIMIT_CPU, soft, soft + _CPU_GRACE_S)
     _lower(resource.RLIMIT_CORE, 0, 0)  # a crashing hostile PDF leaves no core file
+    # Rendering is batch work: interactive requests of every user come first on the CPU.
+    os.nice(_RENDER_NICENESS)
 
 
 def _lower(which: int, soft: int, hard: int) -> None:
