@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from importlib import resources
 from typing import Any
 
@@ -19,8 +20,9 @@ from deployments.deps import Svc, services_of
 from deployments.routes import auth, monitor, queue, search, uploads
 from deployments.services import Services
 from lumen import metrics
+from lumen.auth import client_address
 from lumen.config import Settings
-from lumen.errors import LimitExceeded, LumenError
+from lumen.errors import LimitExceeded, LumenError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 # Routes whose bodies carry files, and which must show a valid token before sending them.
 UPLOAD_PATHS = frozenset({"/upload", "/upload/pdf"})
 SEARCH_PATHS = frozenset({"/search", "/search/pdf"})
+# Anonymous routes: an address they throttled is refused here until its Retry-After.
+ANONYMOUS_PATHS = frozenset({"/login", "/signup"})
 
 
 def body_limit(path: str, settings: Settings) -> tuple[int, str]:
@@ -69,6 +73,14 @@ class RequestGate:
             except LumenError as exc:
                 await _send_error(exc, send)
                 return
+        if scope["method"] == "POST" and path in ANONYMOUS_PATHS:
+            address = _client_of(scope, headers, services.settings)
+            wait_s = services.penalties.wait_s(address, time.monotonic())
+            if wait_s:
+                message = f"too many attempts from your address; try again in {wait_s} s"
+                await _send_error(TooManyRequests(message, wait_s), send)
+                return
+            send = _noting_throttles(send, services, address)
         seen = 0
 
         async def limited() -> Message:
@@ -80,6 +92,25 @@ class RequestGate:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _client_of(scope: Scope, headers: dict[bytes, bytes], settings: Settings) -> str:
+    peer = scope.get("client")
+    forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1") or None
+    return client_address(peer[0] if peer else None, forwarded, settings.auth.trusted_proxies)
+
+
+def _noting_throttles(send: Send, services: Services, address: str) -> Send:
+    """`send`, putting `address` in the penalty box when the route answers 429."""
+
+    async def noting(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 429:
+            retry = dict(message.get("headers") or []).get(b"retry-after", b"")
+            if retry.isdigit():
+                services.penalties.hold(address, int(retry), time.monotonic())
+        await send(message)
+
+    return noting
 
 
 async def _send_error(exc: LumenError, send: Send) -> None:

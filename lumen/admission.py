@@ -77,3 +77,34 @@ class Admission:
 
     def in_use(self, kind: Work, user: str) -> int:
         return self.per_user[(kind, user)]
+
+
+class PenaltyBox:
+    """Addresses refused with a 429 on the anonymous routes, until their Retry-After.
+
+    Their next requests are refused before the body is parsed or a thread is used, so a
+    throttled flood costs the server almost nothing. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self.until: dict[str, float] = {}
+
+    def hold(self, address: str, seconds: float, now: float) -> None:
+        self.until.pop(address, None)
+        self.until[address] = now + seconds
+        if len(self.until) > self.max_entries:
+            for stale in [a for a, t in self.until.items() if t <= now]:
+                del self.until[stale]
+            while len(self.until) > self.max_entries:
+                del self.until[next(iter(self.until))]
+
+    def wait_s(self, address: str, now: float) -> int:
+        """Seconds `address` must still wait (0 when it may try)."""
+        until = self.until.get(address)
+        if until is None:
+            return 0
+        if until <= now:
+            del self.until[address]
+            return 0
+        return max(1, round(until - now))

@@ -178,7 +178,8 @@ class AdmissionSettings(BaseModel):
 class ExecutorSettings(BaseModel):
     """Blocking work per kind on its own pool, so a flood of one kind never starves another."""
 
-    password: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=2, queue=16))
+    # one core at most on password hashing, whatever a login flood does (raise on big nodes)
+    password: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=1, queue=16))
     pdf: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=2, queue=8))
     gemini: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=8, queue=32))
     blocking: ExecutorSize = Field(default_factory=lambda: ExecutorSize(workers=16, queue=256))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lumen.admission import Admission, Work
+from lumen.admission import Admission, PenaltyBox, Work
 from lumen.config import AdmissionSettings
 from lumen.errors import TooManyQuestions, TooManyStreams, TooManyUploads
 
@@ -55,3 +55,18 @@ def test_kinds_are_counted_apart() -> None:
     gate.acquire(Work.STREAM, "alice")
     gate.acquire(Work.UPLOAD, "alice")
     assert gate.streams == 1
+
+
+def test_a_throttled_address_waits_out_its_retry_after_and_no_other_does() -> None:
+    box = PenaltyBox()
+    box.hold("203.0.113.7", 30, now=100.0)
+    assert box.wait_s("203.0.113.7", now=110.0) == 20
+    assert box.wait_s("198.51.100.1", now=110.0) == 0
+    assert box.wait_s("203.0.113.7", now=130.0) == 0 and not box.until
+
+
+def test_the_penalty_box_stays_bounded() -> None:
+    box = PenaltyBox(max_entries=3)
+    for i in range(10):
+        box.hold(f"10.0.0.{i}", 60, now=float(i))
+    assert len(box.until) == 3 and box.wait_s("10.0.0.9", now=10.0) > 0
