@@ -7,6 +7,8 @@ import ray
 
 from actors.naming import index_shard_name, named_actor
 from lumen.config import Settings
+from lumen.events import EventKind
+from lumen.metrics import RayMetrics
 from lumen.search import SearchHit
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
@@ -24,7 +26,18 @@ class IndexShard:
 
     def __init__(self, settings: Settings) -> None:
         self.stores = Stores(settings)
-        self.registry = SpaceRegistry(settings, self.stores)
+        self.registry = SpaceRegistry(settings, self.stores, on_repair=self._repaired)
+        self.metrics = RayMetrics()
+
+    def _repaired(self, user: str, mirrored: int, stored: int) -> None:
+        self.metrics.index_repairs(1)
+        self.stores.events.record(
+            EventKind.INDEX_REPAIRED, user=user, mirrored=mirrored, stored=stored
+        )
+
+    def converge(self) -> int:
+        """Check every loaded user's mirror against Redis (the supervisor calls this)."""
+        return len(self.registry.converge_all())
 
     def commit(
         self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]

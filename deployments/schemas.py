@@ -82,3 +82,8 @@ class UsageResponse(BaseModel):
     items: int
     max_bytes: int
     max_items: int
+
+
+class RetryResponse(BaseModel):
+    message: str
+    requeued: list[str]

@@ -76,7 +76,9 @@ class ActorHandles:
         self._monitor: Any = None
 
     def shard(self, user: str) -> ShardClient:
-        n = shard_for(user, self.settings.queue.index_shards)
+        return self.shard_n(shard_for(user, self.settings.queue.index_shards))
+
+    def shard_n(self, n: int) -> ShardClient:
         if n not in self._shards:
             self._shards[n] = ShardClient(get_index_shard(self.settings, n))
         return self._shards[n]
@@ -90,6 +92,11 @@ class ActorHandles:
         if self._monitor is None:
             self._monitor = get_monitor(self.settings)
         return self._monitor
+
+    async def converge_shards(self) -> None:
+        """Every shard checks its users' mirrors against Redis (repairs within seconds)."""
+        for n in range(self.settings.queue.index_shards):
+            await self.shard_n(n).handle.converge.remote()
 
     def forget(self) -> None:
         """Look every actor up again (one was killed for good and created anew)."""
@@ -120,6 +127,7 @@ class Supervisor:
             try:
                 await self.handles.dispatcher().ensure_running.remote()
                 await self.handles.monitor().ensure_running.remote()
+                await self.handles.converge_shards()
             except RayActorError:
                 self.handles.forget()
             except Exception:  # noqa: BLE001 - an actor restarting: try again shortly

@@ -22,6 +22,9 @@ class AccountQueue(Protocol):
     def status(self, user: str, max_items: int) -> Any: ...
     def done(self, user: str) -> list[str]: ...
     def delete_queued(self, user: str, item: str) -> int: ...
+    def delete_failed(self, user: str, item: str) -> int: ...
+    def retry_failed(self, user: str, item: str) -> bool: ...
+    def retry_all_failed(self, user: str) -> list[str]: ...
     def state_of(self, user: str, item: str) -> str | None: ...
     def reset(self, user: str) -> None: ...
 
@@ -57,15 +60,33 @@ class AccountService:
         return await asyncio.to_thread(self.queue.done, user)
 
     async def delete_queued(self, user: str, item: str) -> int:
-        """Remove a waiting item and its file; 404 if unknown, 409 if it is not waiting."""
+        """Remove a waiting or errored item and its file; 404 if unknown, 409 otherwise."""
         removed = await asyncio.to_thread(self.queue.delete_queued, user, item)
+        if removed == 0:
+            removed = await asyncio.to_thread(self.queue.delete_failed, user, item)
         if removed == 0:
             state = await asyncio.to_thread(self.queue.state_of, user, item)
             if state is None:
                 raise NotFound(f"{item} is not in your queue")
-            raise Conflict(f"{item} is {state}, not waiting; only queued items can be removed")
+            raise Conflict(
+                f"{item} is {state}; only waiting or failed items can be removed "
+                "(POST /reset removes everything)"
+            )
         await asyncio.to_thread(self._remove_file, user, item)
         return removed
+
+    async def retry(self, user: str, item: str) -> None:
+        """Queue a failed item again with a fresh retry budget; 404/409 when it is not failed."""
+        if await asyncio.to_thread(self.queue.retry_failed, user, item):
+            return
+        state = await asyncio.to_thread(self.queue.state_of, user, item)
+        if state is None:
+            raise NotFound(f"{item} is not in your queue")
+        raise Conflict(f"{item} is {state}, not failed; only failed items can be retried")
+
+    async def retry_all(self, user: str) -> list[str]:
+        """Queue every failed item of the user again; the items requeued."""
+        return await asyncio.to_thread(self.queue.retry_all_failed, user)
 
     async def reset(self, user: str) -> None:
         """Delete the user's index, metadata, queue records and files; the account stays.

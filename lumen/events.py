@@ -13,6 +13,7 @@ events come in full. Operators (`LUMEN_AUTH__ADMIN_USERS`) see everything.
     replica_stopped   worker, cause, node_id        everything
     node_dead         node_id, cause                everything
     node_stopped      node_id, cause                everything
+    index_repaired    user, mirrored, stored        the kind and time only
 
 An unknown kind is treated the same way: only the system fields below survive.
 """
@@ -34,6 +35,7 @@ class EventKind(StrEnum):
     REPLICA_STOPPED = "replica_stopped"
     NODE_DEAD = "node_dead"
     NODE_STOPPED = "node_stopped"
+    INDEX_REPAIRED = "index_repaired"
 
 
 # Fields that describe the system, never a user: kept whoever the viewer is.

@@ -20,6 +20,7 @@ class Metrics(Protocol):
     def items_done(self, n: int) -> None: ...
     def items_failed(self, kind: str, n: int) -> None: ...
     def search_seconds(self, route: str, seconds: float) -> None: ...
+    def index_repairs(self, n: int) -> None: ...
 
 
 class RayMetrics:
@@ -36,6 +37,9 @@ class RayMetrics:
 
     def search_seconds(self, route: str, seconds: float) -> None:
         search_seconds().observe(seconds, tags={"route": route})
+
+    def index_repairs(self, n: int) -> None:
+        index_repairs().inc(n)
 
 
 _LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -91,4 +95,12 @@ def http_errors() -> Counter:
         "lumen_http_errors_total",
         "Error responses by status and code.",
         tag_keys=("status", "code"),
+    )
+
+
+@cache
+def index_repairs() -> Counter:
+    return Counter(
+        "lumen_index_repairs_total",
+        "Users' index mirrors found behind Redis and rebuilt (lost replies, shard deaths).",
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -60,10 +60,40 @@ class Space:
 class SpaceRegistry:
     """The spaces of the users hashed to one shard; Redis is the truth, these are caches."""
 
-    def __init__(self, settings: Settings, stores: Stores) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        on_repair: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.stores = stores
         self.spaces: dict[str, Space] = {}
+        self.on_repair = on_repair
+
+    def converge(self, user: str) -> bool:
+        """Make the user's mirror hold what Redis holds; True when it had to be repaired.
+
+        Redis counts the user's vectors; a vector is only ever added (commit) or all are
+        removed (reset, which also drops the mirror), so a count that differs means the
+        mirror missed something (a lost reply, a shard that died mid-commit): rebuild it.
+        """
+        space = self.spaces.get(user)
+        if space is None:
+            return False
+        stored = self.stores.vectors.count(user)
+        mirrored = len(space.images)
+        if stored == mirrored:
+            return False
+        self.spaces.pop(user, None)
+        self.load(user)
+        if self.on_repair is not None:
+            self.on_repair(user, mirrored, stored)
+        return True
+
+    def converge_all(self) -> list[str]:
+        """`converge` every loaded user; the users that needed a repair."""
+        return [user for user in list(self.spaces) if self.converge(user)]
 
     def load(self, user: str) -> Space | None:
         """The user's space, rebuilt from Redis on first use; None when nothing is indexed."""
@@ -113,6 +143,7 @@ class SpaceRegistry:
         self.spaces.pop(user, None)
 
     def search(self, user: str, query: np.ndarray, k: int) -> list[SearchHit]:
+        self.converge(user)
         space = self.load(user)
         if space is None or len(space.images) == 0:
             return []
@@ -124,6 +155,7 @@ class SpaceRegistry:
         self, user: str, query_vec: np.ndarray, query: str, k: int, mode: str = "fused"
     ) -> list[SearchHit]:
         """Best PDF pages: `fused` (CLIP + page text), or `text` / `image` alone."""
+        self.converge(user)
         space = self.load(user)
         if space is None or len(space.pdf_pages) == 0:
             return []

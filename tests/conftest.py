@@ -65,6 +65,14 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def crash_and_restart(self) -> None:
+        """SIGKILL (no shutdown, no final fsync), then start again from the AOF."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+        self.start()
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

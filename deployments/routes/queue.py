@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deployments.deps import AUTH_ERRORS, CurrentUser, StreamAuth, Svc
-from deployments.schemas import DoneResponse, MessageResponse, StatusResponse
+from deployments.schemas import DoneResponse, MessageResponse, RetryResponse, StatusResponse
 from deployments.sse import sse_stream
 
 router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
@@ -32,9 +32,26 @@ async def done(user: CurrentUser, svc: Svc) -> DoneResponse:
     return DoneResponse(done_images=await svc.account.done(user))
 
 
+@router.post("/queue/retry-errors", response_model=RetryResponse)
+async def retry_errors(user: CurrentUser, svc: Svc) -> RetryResponse:
+    """Queue every failed item of the caller again, each with a fresh retry budget."""
+    items = await svc.account.retry_all(user)
+    if items:
+        await svc.supervisor.kick()
+    return RetryResponse(message=f"Requeued {len(items)} failed item(s).", requeued=items)
+
+
+@router.post("/queue/{item:path}/retry", response_model=RetryResponse)
+async def retry_item(item: str, user: CurrentUser, svc: Svc) -> RetryResponse:
+    """Queue one failed item again with a fresh retry budget (409 if it has not failed)."""
+    await svc.account.retry(user, item)
+    await svc.supervisor.kick()
+    return RetryResponse(message=f"Requeued {item}.", requeued=[item])
+
+
 @router.delete("/queue/{item:path}", response_model=MessageResponse)
 async def delete_queued(item: str, user: CurrentUser, svc: Svc) -> MessageResponse:
-    """Remove a waiting item from the caller's queue; it will never be embedded."""
+    """Remove a waiting or failed item (and its file); it will never be embedded."""
     removed = await svc.account.delete_queued(user, item)
     return MessageResponse(message=f"Removed {removed} occurrence(s) of {item} from queue.")
 

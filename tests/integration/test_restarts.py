@@ -13,8 +13,8 @@ from ray import serve
 
 from deploy import deploy, free_port, start_ray
 from tests.conftest import Service
-from tests.support.hostile import make_zip
-from tests.support.http import search, upload_zip, wait_healthy, wait_settled
+from tests.support.hostile import make_jpeg, make_zip
+from tests.support.http import search, status_snapshot, upload_zip, wait_healthy, wait_settled
 from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
 
 PASSWORD = "correct horse"
@@ -42,6 +42,24 @@ def _results(service: Service, h: dict[str, str]) -> list[object]:
     r = search(service, h, image=_png("green", "circle"), top_k=3)
     out.append([(x["filename"], round(x["similarity"], 5)) for x in r.json()["results"]])
     return out
+
+
+@pytest.mark.restarts
+def test_every_acknowledged_upload_survives_redis_being_killed(service: Service) -> None:
+    user, h = service.new_user("ack")
+    acknowledged: list[str] = []
+    for batch in range(10):  # 200 images in 10 uploads, each answered 200 before the kill
+        members = {f"b{batch}_{i}.jpg": make_jpeg((batch * 20, i * 12, 90)) for i in range(20)}
+        r = upload_zip(service, h, make_zip(members))
+        assert r.status_code == 200, r.text
+        acknowledged += r.json()["queued"]
+    assert len(acknowledged) == 200
+    service.redis.crash_and_restart()
+    status = status_snapshot(service, h)
+    seen = set(status["queued_items"]) | set(status["processing"]) | set(status["done"])
+    assert seen | set(status["errors"]) >= set(acknowledged)
+    final = wait_settled(service, h, 200, timeout_s=300)
+    assert sorted(final["done"]) == sorted(acknowledged)
 
 
 @pytest.mark.restarts

@@ -97,6 +97,7 @@ class FakeMetrics:
     failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     depth: dict[str, int] = field(default_factory=dict)
     searches: list[tuple[str, float]] = field(default_factory=list)
+    repairs: int = 0
 
     def queue_depth(self, state: str, n: int) -> None:
         self.depth[state] = n
@@ -109,6 +110,9 @@ class FakeMetrics:
 
     def search_seconds(self, route: str, seconds: float) -> None:
         self.searches.append((route, seconds))
+
+    def index_repairs(self, n: int) -> None:
+        self.repairs += n
 
 
 Behaviour = Callable[[str, str], EmbedResult]

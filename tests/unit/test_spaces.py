@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from types import SimpleNamespace
+
 import numpy as np
 
-from lumen.config import IndexSettings
+from lumen.config import IndexSettings, Settings
 from lumen.index import IndexKind
-from lumen.spaces import new_index
+from lumen.spaces import SpaceRegistry, new_index
+from lumen.storage.vectors import IndexInfo
 from lumen.vectors import normalize
 
 DIM = 32
@@ -26,3 +30,62 @@ def test_a_new_index_takes_its_threshold_and_nprobe_from_the_settings() -> None:
     assert (empty.kind, empty.nprobe, len(empty)) == (IndexKind.FLAT, 3, 0)
     empty.upsert(np.arange(200), vectors(200))
     assert empty.kind is IndexKind.IVF  # it crossed the configured threshold
+
+
+class FakeVectors:
+    """The vector store's reads, over a dict of id -> (item, vector)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, tuple[str, np.ndarray]] = {}
+
+    def put(self, vid: int, item: str, vector: np.ndarray) -> None:
+        self.rows[vid] = (item, vector.astype("<f4"))
+
+    def info(self, user: str) -> IndexInfo | None:
+        return IndexInfo("m", DIM) if self.rows else None
+
+    def count(self, user: str) -> int:
+        return len(self.rows)
+
+    def scan(self, user: str) -> Iterator[tuple[list[int], list[bytes]]]:
+        ids = sorted(self.rows)
+        yield ids, [self.rows[i][1].tobytes() for i in ids]
+
+    def ids_for(self, user: str, items: list[str]) -> list[int | None]:
+        by_item = {item: vid for vid, (item, _) in self.rows.items()}
+        return [by_item.get(i) for i in items]
+
+    def describe(self, user: str, ids: list[int]) -> list[tuple[str | None, str]]:
+        return [(self.rows[i][0], "") if i in self.rows else (None, "") for i in ids]
+
+
+class FakeStores:
+    def __init__(self) -> None:
+        self.vectors = FakeVectors()
+        self.queue = SimpleNamespace(pdf_items=lambda user: [], pdf_texts=lambda user: {})
+
+
+def test_a_mirror_behind_redis_is_rebuilt_before_a_search_and_the_repair_is_reported() -> None:
+    stores = FakeStores()
+    repairs: list[tuple[str, int, int]] = []
+    registry = SpaceRegistry(
+        Settings(), stores, on_repair=lambda *r: repairs.append(r)  # type: ignore[arg-type]
+    )
+    vecs = vectors(3)
+    stores.vectors.put(1, "uploads/u/a.jpg", vecs[0])
+    registry.load("u")
+    # a commit whose reply was lost: Redis has two more vectors, the mirror never saw them
+    stores.vectors.put(2, "uploads/u/b.jpg", vecs[1])
+    stores.vectors.put(3, "uploads/u/c.jpg", vecs[2])
+    hits = registry.search("u", vecs[2], 1)
+    assert [h.item for h in hits] == ["uploads/u/c.jpg"]
+    assert repairs == [("u", 1, 3)]
+    assert registry.converge_all() == [] and len(repairs) == 1  # in step now: no repair
+
+
+def test_a_mirror_in_step_with_redis_is_left_alone() -> None:
+    stores = FakeStores()
+    registry = SpaceRegistry(Settings(), stores)  # type: ignore[arg-type]
+    stores.vectors.put(1, "uploads/u/a.jpg", vectors(1)[0])
+    space = registry.load("u")
+    assert registry.converge_all() == [] and registry.spaces["u"] is space
