@@ -23,18 +23,6 @@ class UploadResponse(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict, description="ZIP member -> reason")
 
 
-class StatusResponse(BaseModel):
-    """One `/status` frame."""
-
-    queue: int
-    queued_items: list[str]
-    processing: list[str]
-    processing_workers: dict[str, str]
-    done: list[str]
-    errors: dict[str, str]
-    retries: dict[str, str]
-
-
 class DoneResponse(BaseModel):
     done_images: list[str]
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deployments.deps import AUTH_ERRORS, CurrentUser, StreamAuth, Svc
-from deployments.schemas import DoneResponse, MessageResponse, RetryResponse, StatusResponse
+from deployments.schemas import DoneResponse, MessageResponse, RetryResponse
 from deployments.sse import sse_stream
 
 router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
@@ -20,8 +22,7 @@ async def status(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResp
     """
 
     async def snapshot() -> object:
-        status = await svc.account.status(grant.user)
-        return StatusResponse.model_validate(status, from_attributes=True).model_dump()
+        return dataclasses.asdict(await svc.account.status(grant.user))
 
     return sse_stream(request, svc, grant, snapshot)
 

@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
@@ -14,8 +14,10 @@ from fastapi import APIRouter, File, UploadFile
 
 from deployments.deps import AUTH_ERRORS, CurrentUser, Svc
 from deployments.schemas import UploadResponse, UsageResponse
+from deployments.services import Services
 from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded
+from lumen.executors import BoundedExecutor
 
 router = APIRouter(tags=["uploads"], responses=AUTH_ERRORS)
 
@@ -65,10 +67,7 @@ async def upload_zip(
     def work() -> object:
         return svc.uploads.ingest_zip(user, _checked(svc, zip_file))
 
-    with svc.admission.admit(Work.UPLOAD, user):
-        out = await svc.executors.blocking.run(work)
-    await svc.supervisor.kick()
-    return UploadResponse.model_validate(out, from_attributes=True)
+    return await _admitted(svc, user, work, svc.executors.blocking)
 
 
 @router.post("/upload/pdf", responses=_ERRORS, response_model=UploadResponse)
@@ -86,8 +85,15 @@ async def upload_pdf(
         with _on_disk(svc, handle) as path:
             return svc.uploads.ingest_pdf(user, path, upload_file.filename)
 
+    return await _admitted(svc, user, work, svc.executors.pdf)
+
+
+async def _admitted(
+    svc: Services, user: str, work: Callable[[], object], pool: BoundedExecutor
+) -> UploadResponse:
+    """Run an upload within the user's upload slots on `pool`, then wake the dispatcher."""
     with svc.admission.admit(Work.UPLOAD, user):
-        out = await svc.executors.pdf.run(work)
+        out = await pool.run(work)
     await svc.supervisor.kick()
     return UploadResponse.model_validate(out, from_attributes=True)
 

@@ -70,17 +70,6 @@ class QueueStatus:
     errors: dict[str, str]
     retries: dict[str, str]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "queued_items": self.queued_items,
-            "processing": self.processing,
-            "processing_workers": self.processing_workers,
-            "done": self.done,
-            "errors": self.errors,
-            "retries": self.retries,
-        }
-
 
 class QueueStore:
     """The queue state machine; every transition is one Lua script."""

@@ -17,7 +17,7 @@ from lumen.storage import Stores
 from tests.conftest import ADMIN, Service
 from tests.support.chaos import kill_one_embedder_replica
 from tests.support.hostile import make_zip, noisy_jpegs
-from tests.support.http import sse_events, status_snapshot, upload_zip
+from tests.support.http import search, sse_events, status_snapshot, upload_zip
 from tests.support.waiting import wait_until
 
 
@@ -95,7 +95,8 @@ def test_chaos_ingest_loses_nothing_and_indexes_each_item_once(service: Service)
     """SIGKILL replicas repeatedly, kill the dispatcher and a shard, restart Redis (AOF)."""
     user, h = service.new_user("chaos")
     n = 1000
-    body = upload_zip(service, h, make_zip(noisy_jpegs(n, side=128, seed=11))).json()
+    images = noisy_jpegs(n, side=128, seed=11)
+    body = upload_zip(service, h, make_zip(images)).json()
     assert len(body["queued"]) == n
     settings = service.settings
     stores = Stores(settings)
@@ -136,6 +137,13 @@ def test_chaos_ingest_loses_nothing_and_indexes_each_item_once(service: Service)
     final = status_snapshot(service, h)
     assert final["errors"] == {}
     assert sorted(final["done"]) == sorted(body["queued"])
+    # search answers from the shard's mirror: every sampled item is found by an exact copy
+    for name in sorted(images)[:: n // 40]:
+        r = search(service, h, image=images[name], top_k=10)
+        assert r.status_code == 200, r.text
+        found = {x["filename"]: x["similarity"] for x in r.json()["results"]}
+        item = next(q for q in body["queued"] if q.endswith(f"/{name}"))
+        assert found.get(item, 0.0) > 0.999, (item, found)
     ids = ray.get(shard.ids.remote(user))
     assert stores.vectors.count(user) == n and len(ids) == n and len(set(ids)) == n
     events = stores.events.list()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -164,9 +165,9 @@ def test_delete_and_reset_under_concurrent_claims_lose_and_resurrect_nothing(
 def test_queue_state_survives_a_redis_restart(redis_server: RedisServer, stores: Stores) -> None:
     stores.queue.enqueue("alice", _items("alice", 3))
     [item] = stores.queue.claim("alice", 1, "w", timeout_s=60)
-    before = stores.queue.status("alice", 10).as_dict()
+    before = dataclasses.asdict(stores.queue.status("alice", 10))
     redis_server.restart()
-    after = stores.queue.status("alice", 10).as_dict()
+    after = dataclasses.asdict(stores.queue.status("alice", 10))
     assert after == before and after["processing"] == [item]
 
 

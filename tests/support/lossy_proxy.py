@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 
 class LossyProxy:
@@ -58,32 +59,38 @@ class LossyProxy:
             ).start()
 
     def _requests(self, src: socket.socket, dst: socket.socket, doomed: threading.Event) -> None:
-        try:
-            while data := src.recv(65536):
-                with self._lock:
-                    if self._marker is not None and self._marker in data:
-                        self._marker = None
-                        doomed.set()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(src)
-            _close(dst)
+        def arm(data: bytes) -> bool:
+            with self._lock:
+                if self._marker is not None and self._marker in data:
+                    self._marker = None
+                    doomed.set()
+            return True
+
+        _pump(src, dst, arm)
 
     def _replies(self, src: socket.socket, dst: socket.socket, doomed: threading.Event) -> None:
-        try:
-            while data := src.recv(65536):
-                if doomed.is_set():  # Redis has run the command; its answer never arrives
-                    with self._lock:
-                        self.lost += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(src)
-            _close(dst)
+        def deliver(_: bytes) -> bool:
+            if doomed.is_set():  # Redis has run the command; its answer never arrives
+                with self._lock:
+                    self.lost += 1
+                return False
+            return True
+
+        _pump(src, dst, deliver)
+
+
+def _pump(src: socket.socket, dst: socket.socket, forward: Callable[[bytes], bool]) -> None:
+    """Copy `src` to `dst` while `forward(chunk)` says so; then close both."""
+    try:
+        while data := src.recv(65536):
+            if not forward(data):
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(src)
+        _close(dst)
 
 
 def _close(s: socket.socket) -> None:
