@@ -21,6 +21,7 @@ RUNS: list[list[str]] = [
     ["rebuild.py", "--sizes", "100k"],
     ["fairness.py", "--heavy", "2000", "--light", "20", "--per-light", "10"],
     ["sharing.py", "--quick"],
+    ["durability.py", "--items", "5000"],
 ]
 
 
