@@ -1,0 +1,130 @@
+"""Search use cases through fakes: the query vector, the caller's own shard, the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lumen.answerer import Answer
+from lumen.errors import BadRequest, LimitExceeded
+from lumen.search import (
+    SearchHit,
+    SearchMode,
+    SearchService,
+    clean_query,
+    parse_mode,
+    parse_top_k,
+)
+from tests.support.dispatch_fakes import FakeMetrics
+
+
+class FakeEncoder:
+    async def embed_text(self, text: str) -> np.ndarray:
+        return np.array([1.0, 0.0], dtype="<f4")
+
+    async def embed_image(self, data: bytes) -> np.ndarray:
+        return np.array([0.0, 1.0], dtype="<f4")
+
+
+class FakeIndex:
+    def __init__(self, hits: list[SearchHit]) -> None:
+        self.hits = hits
+        self.asked: list[tuple[str, np.ndarray, int, str | None]] = []
+
+    async def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
+        self.asked.append((user, np.frombuffer(query, dtype="<f4"), k, None))
+        return self.hits[:k]
+
+    async def search_pdf(
+        self, user: str, query: bytes, text: str, k: int, mode: str
+    ) -> list[SearchHit]:
+        self.asked.append((user, np.frombuffer(query, dtype="<f4"), k, mode))
+        return self.hits[:k]
+
+
+class FakePages:
+    def meta(self, user: str, items: list[str]) -> list[dict[str, object] | None]:
+        return [{"doc": "manual", "page": i + 1} for i, _ in enumerate(items)]
+
+    def pdf_text(self, user: str, item: str) -> str | None:
+        return f"text of {item}"
+
+
+class FakeAnswerer:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, bytes, str | None]] = []
+
+    def answer(self, question: str, page_image: bytes, mime: str, page_text: str | None) -> Answer:
+        self.asked.append((question, page_image, page_text))
+        return Answer("page one says so")
+
+
+def service(tmp_path: Path, index: FakeIndex, answerer: FakeAnswerer) -> SearchService:
+    shards = {"alice": index}
+    return SearchService(
+        tmp_path, FakeEncoder(), shards.__getitem__, FakePages(), answerer, FakeMetrics()
+    )
+
+
+def test_a_text_and_an_image_together_search_with_their_normalised_mean(tmp_path: Path) -> None:
+    index = FakeIndex([SearchHit("uploads/alice/a.jpg", 0.91234567, "a dog")])
+    found = asyncio.run(service(tmp_path, index, FakeAnswerer()).images("alice", "dog", b"x", 3))
+    [(user, query, k, _)] = index.asked
+    assert user == "alice" and k == 3
+    assert np.allclose(query, [2**-0.5, 2**-0.5])
+    assert [(r.item, r.caption, r.similarity) for r in found] == [
+        ("uploads/alice/a.jpg", "a dog", 0.912346)
+    ]
+
+
+def test_a_search_without_text_or_image_is_a_400(tmp_path: Path) -> None:
+    with pytest.raises(BadRequest):
+        asyncio.run(service(tmp_path, FakeIndex([]), FakeAnswerer()).images("alice", None, None, 1))
+
+
+def test_a_pdf_question_answers_from_the_best_page_and_lists_the_pages(tmp_path: Path) -> None:
+    page = tmp_path / "uploads" / "alice" / "pdfs" / "manual_page_001.jpg"
+    page.parent.mkdir(parents=True)
+    page.write_bytes(b"jpeg bytes")
+    hits = [
+        SearchHit("uploads/alice/pdfs/manual_page_001.jpg", 0.5, "", 3.0, 0.9),
+        SearchHit("uploads/alice/pdfs/manual_page_002.jpg", 0.4, "", 1.0, 0.2),
+    ]
+    answerer = FakeAnswerer()
+    index = FakeIndex(hits)
+    out = asyncio.run(service(tmp_path, index, answerer).pdf("alice", "reset?", 2, SearchMode.TEXT))
+    assert out.answer == "page one says so" and out.reason is None
+    assert [(p.doc, p.page, p.score) for p in out.pages] == [("manual", 1, 0.9), ("manual", 2, 0.2)]
+    assert answerer.asked == [("reset?", b"jpeg bytes", f"text of {hits[0].item}")]
+    assert index.asked[0][3] == "text"
+
+
+def test_a_pdf_question_without_pages_asks_nobody(tmp_path: Path) -> None:
+    answerer = FakeAnswerer()
+    out = asyncio.run(
+        service(tmp_path, FakeIndex([]), answerer).pdf("alice", "q", 1, SearchMode.FUSED)
+    )
+    assert out.pages == [] and out.answer is None and answerer.asked == []
+
+
+@pytest.mark.parametrize(("raw", "value"), [(None, 5), ("", 5), (" 7 ", 7), ("100", 100)])
+def test_top_k_defaults_and_parses(raw: str | None, value: int) -> None:
+    assert parse_top_k(raw, 5, 100) == value
+
+
+@pytest.mark.parametrize("raw", ["0", "101", "ten", "-1"])
+def test_a_bad_top_k_is_a_400(raw: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_top_k(raw, 5, 100)
+
+
+def test_queries_are_trimmed_bounded_and_modes_closed() -> None:
+    assert clean_query("  dog ", 10) == "dog" and clean_query("   ", 10) is None
+    with pytest.raises(LimitExceeded):
+        clean_query("x" * 11, 10)
+    assert parse_mode("image") is SearchMode.IMAGE
+    with pytest.raises(BadRequest):
+        parse_mode("semantic")
