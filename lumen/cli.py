@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -17,6 +18,7 @@ from lumen.client import (
     ApiError,
     ClientError,
     LumenClient,
+    StreamEnded,
     Unreachable,
     pending,
     settled,
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from lumen.config import Settings
 
 Command = Callable[[LumenClient, argparse.Namespace], int]
+
+# `status --follow` reconnects after a stream ends on purpose (an account reset) at most
+# this many times in a row without a snapshot in between.
+MAX_STREAM_RESTARTS = 3
 
 
 def token_path() -> Path:
@@ -60,11 +66,22 @@ def render_bar(done: float, total: float, width: int = 30) -> str:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    """`0 B`, `512 B`, `12.3 MB`, `20 GB` (powers of 1024; a whole number drops its `.0`)."""
+    units = ("B", "KB", "MB", "GB", "TB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n, step = n / 1024, step + 1
+    number = f"{n:.0f}" if step == 0 else f"{n:.1f}".removesuffix(".0")
+    return f"{number} {units[step]}"
+
+
+def usage_line(usage: dict[str, int]) -> str:
+    """`12.3 MB of 20 GB, 40 of 200,000 items`; a quota of 0 reads `(unlimited)`."""
+    size, items = human_bytes(usage["bytes"]), f"{usage['items']:,}"
+    max_bytes, max_items = usage["max_bytes"], usage["max_items"]
+    stored = f"{size} of {human_bytes(max_bytes)}" if max_bytes else f"{size} (unlimited)"
+    counted = f"{items} of {max_items:,} items" if max_items else f"{items} items (unlimited)"
+    return f"{stored}, {counted}"
 
 
 class Bar:
@@ -112,6 +129,14 @@ def cmd_logout(client: LumenClient, args: argparse.Namespace) -> int:
 def cmd_upload(client: LumenClient, args: argparse.Namespace) -> int:
     for path in args.paths:
         print_upload(path, upload_with_bar(client, path))
+    with contextlib.suppress(ApiError):  # informational; the uploads are reported above
+        print(f"Storage: {usage_line(client.usage())}")
+    return 0
+
+
+def cmd_usage(client: LumenClient, args: argparse.Namespace) -> int:
+    usage = client.usage()
+    print(json.dumps(usage, indent=2) if args.json else f"Storage: {usage_line(usage)}")
     return 0
 
 
@@ -142,8 +167,13 @@ def cmd_search(client: LumenClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    rows = [(f"{r['similarity']:.3f}", r["filename"], r.get("caption") or "") for r in results]
-    print_table(("similarity", "filename", "caption"), rows)
+    rows = [[f"{r['similarity']:.3f}", r["filename"], r.get("caption") or ""] for r in results]
+    header = ["similarity", "filename", "caption"]
+    if args.links:
+        header.append("link")
+        for row, r in zip(rows, results, strict=True):
+            row.append(str(client.http.base_url.join(r["image_url"])) if r.get("image_url") else "")
+    print_table(header, rows)
     return 0
 
 
@@ -168,14 +198,27 @@ def status_total(st: dict[str, Any]) -> int:
 
 
 def follow(client: LumenClient, items: Sequence[str] = ()) -> dict[str, Any]:
-    """Draw the queue's progress until `items` (or everything) settle; the last snapshot."""
-    bar, last = Bar(), {}
-    for last in client.events("/status"):
-        bar.draw(len(last.get("done", [])), status_total(last), status_line(last))
-        if settled(last, items):
-            break
-    bar.finish()
-    return last
+    """Draw the queue's progress until `items` (or everything) settle; the last snapshot.
+
+    A stream the service ends on purpose (an account reset) is opened again; an expired
+    token then gets its 401 like any other command.
+    """
+    bar, last, restarts = Bar(), {}, 0
+    try:
+        while True:
+            try:
+                for last in client.events("/status"):
+                    restarts = 0
+                    bar.draw(len(last.get("done", [])), status_total(last), status_line(last))
+                    if settled(last, items):
+                        return last
+                return last
+            except StreamEnded:
+                restarts += 1
+                if restarts > MAX_STREAM_RESTARTS:
+                    raise
+    finally:
+        bar.finish()
 
 
 def print_errors(st: dict[str, Any]) -> None:
@@ -320,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path)
     p.add_argument("-k", type=int, default=5, help="results (default 5)")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--links",
+        action="store_true",
+        help="add each image's signed link (opens without a token; expires)",
+    )
+    add("usage", cmd_usage, "show what you store against your quota").add_argument(
+        "--json", action="store_true"
+    )
     add("status", cmd_status, "show the queue").add_argument(
         "--follow", action="store_true", help="live progress until the queue is empty"
     )
@@ -362,6 +413,8 @@ def run(argv: Sequence[str] | None = None, client: LumenClient | None = None) ->
         return int(args.func(client, args))
     except ApiError as exc:
         hint = " - run `lumen login USER`" if exc.status == 401 else ""
+        if exc.retry_after_s is not None:
+            hint = f" - try again in {exc.retry_after_s} s"
         print(f"error: {exc.detail} (HTTP {exc.status}){hint}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
     except Unreachable as exc:

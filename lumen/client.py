@@ -3,7 +3,8 @@
 Errors::
 
     ClientError            anything this module raises on purpose
-    ├── ApiError           the service answered 4xx/5xx; `status` and its `detail`
+    ├── ApiError           the service answered 4xx/5xx; `status`, `detail`, `code`, `retry_after_s`
+    ├── StreamEnded        an event stream said `event: end` (credential expired, account reset)
     └── Unreachable        no answer at all (connection refused, DNS, timeout)
 """
 
@@ -34,15 +35,44 @@ class ClientError(Exception):
 
 
 class ApiError(ClientError):
-    """The service answered with an error status; `detail` is its message."""
+    """The service answered with an error status; `detail` is its message, `code` its stable
+    name (when the body has one) and `retry_after_s` its `Retry-After` (429s and 503s)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(
+        self, status: int, detail: str, code: str | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(status, detail)
         self.status = status
         self.detail = detail
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> ApiError:
+        """The error an error response carries, its body already read."""
+        try:
+            body = response.json()
+            code = body.get("code") if isinstance(body, dict) else None
+        except ValueError:
+            code = None
+        retry = response.headers.get("retry-after", "")
+        return cls(
+            response.status_code,
+            error_detail(response),
+            code if isinstance(code, str) else None,
+            int(retry) if retry.isdigit() else None,
+        )
 
     def __str__(self) -> str:
         return f"{self.detail} (HTTP {self.status})"
+
+
+class StreamEnded(ClientError):
+    """The service ended an event stream on purpose (`event: end`); `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Unreachable(ClientError):
@@ -67,18 +97,40 @@ def _validation_line(d: Any) -> str:
     return f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", ""))
 
 
+END_EVENT = "end"
+
+
 def parse_sse(lines: Iterable[str]) -> Iterator[Any]:
-    """JSON payloads of a Server-Sent Events stream; comments, `retry:`, `event:` skipped."""
+    """JSON payloads of a Server-Sent Events stream; comments and `retry:` skipped.
+
+    An `event: end` (the service closing the stream on purpose) raises StreamEnded with
+    its reason instead of being yielded as a payload.
+    """
     data: list[str] = []
+    event = ""
     for line in lines:
         if line == "":
+            if event == END_EVENT:
+                raise StreamEnded(_end_reason(data))
             if data:
                 yield json.loads("\n".join(data))
-            data = []
+            data, event = [], ""
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    if event == END_EVENT:
+        raise StreamEnded(_end_reason(data))
     if data:
         yield json.loads("\n".join(data))
+
+
+def _end_reason(data: list[str]) -> str:
+    try:
+        reason = json.loads("\n".join(data)).get("reason")
+    except (ValueError, AttributeError):
+        reason = None
+    return str(reason) if reason else "the service ended the stream"
 
 
 def multipart_body(
@@ -186,7 +238,7 @@ class LumenClient:
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach {self.http.base_url}: {exc}") from None
         if response.is_error:
-            raise ApiError(response.status_code, error_detail(response))
+            raise ApiError.of(response)
         return response.json()
 
     def signup(self, username: str, password: str) -> str:
@@ -217,6 +269,12 @@ class LumenClient:
     def search_pdf(self, query: str, top_k: int = 1) -> dict[str, Any]:
         return dict(self._call("POST", "/search/pdf", data={"query": query, "top_k": str(top_k)}))
 
+    def usage(self) -> dict[str, int]:
+        """`{"bytes", "items", "max_bytes", "max_items"}`: what the caller stores against the
+        quota (a max of 0 means unlimited)."""
+        body = self._call("GET", "/usage")
+        return {k: int(body[k]) for k in ("bytes", "items", "max_bytes", "max_items")}
+
     def done(self) -> list[str]:
         return list(self._call("GET", "/done")["done_images"])
 
@@ -227,13 +285,14 @@ class LumenClient:
         return str(self._call("POST", "/reset")["message"])
 
     def events(self, path: str, read_timeout_s: float = 60.0) -> Generator[Any, None, None]:
-        """Every JSON payload of the SSE route `path` (/status, /monitor/worker, ...)."""
+        """Every JSON payload of the SSE route `path` (/status, /monitor/worker, ...), sent
+        with the bearer header; StreamEnded when the service ends the stream on purpose."""
         timeout = httpx.Timeout(10.0, read=read_timeout_s)
         try:
             with self.http.stream("GET", path, headers=self._auth(), timeout=timeout) as r:
                 if r.is_error:
                     r.read()
-                    raise ApiError(r.status_code, error_detail(r))
+                    raise ApiError.of(r)
                 yield from parse_sse(r.iter_lines())
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot read {self.http.base_url}{path}: {exc}") from None

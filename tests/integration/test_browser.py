@@ -1,16 +1,20 @@
-"""The web UI end to end in headless Chromium: sign up, log in, upload a ZIP, watch, search."""
+"""The web UI end to end in headless Chromium: sign up, log in, upload a ZIP, watch, search,
+see storage against the quota, reset; no URL the page requests ever carries the bearer token."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lumen.cli import human_bytes
 from tests.conftest import Service
 from tests.support.hostile import make_zip
 from tests.support.tiny_clip import draw_shape
@@ -66,6 +70,23 @@ def console_problem(msg: Any) -> list[str]:
     return [f"console error: {msg.text}"]
 
 
+def usage_text(usage: dict[str, int]) -> str:
+    """What the UI shows for `GET /usage`: "12.3 MB of 20 GB · 40 of 200,000 items"."""
+    size, items = human_bytes(usage["bytes"]), f"{usage['items']:,}"
+    max_bytes, max_items = usage["max_bytes"], usage["max_items"]
+    stored = f"{size} of {human_bytes(max_bytes)}" if max_bytes else f"{size} (unlimited)"
+    counted = f"{items} of {max_items:,} items" if max_items else f"{items} items (unlimited)"
+    return f"{stored} · {counted}"
+
+
+def poll(page: Any, condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Let the page run until `condition()` holds (browser events are handled meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(100)
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -79,8 +100,16 @@ def page(browser: Any) -> Iterator[Any]:
     assert problems == [], problems
 
 
+@pytest.fixture
+def requested(page: Any) -> list[Any]:
+    """Every request the page makes (fetch, XHR, EventSource, images), in order."""
+    seen: list[Any] = []
+    page.on("request", lambda request: seen.append(request))
+    return seen
+
+
 def test_a_new_user_uploads_a_zip_and_finds_the_red_circle_by_words(
-    service: Service, page: Any, tmp_path: Path
+    service: Service, page: Any, requested: list[Any], tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -98,15 +127,36 @@ def test_a_new_user_uploads_a_zip_and_finds_the_red_circle_by_words(
     expect(page.locator("#app")).to_be_visible()
     expect(page.locator("#user-name")).to_contain_text(user)
     expect(page.locator("#live-status")).to_have_text("live")
+    token = page.evaluate("localStorage.getItem('lumen.token')")
+    assert token
+
+    def usage() -> dict[str, int]:
+        with service.client(headers={"Authorization": f"Bearer {token}"}) as c:
+            r = c.get("/usage")
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+    empty = usage()
+    assert (empty["bytes"], empty["items"]) == (0, 0)
+    expect(page.locator("#usage-text")).to_have_text(usage_text(empty))
 
     archive = tmp_path / "shapes.zip"
     archive.write_bytes(shapes_zip())
     page.set_input_files("#zip-input", str(archive))
     page.click("#zip-upload-button")
-    expect(page.locator("#upload-message")).to_have_text(f"shapes.zip: {len(SHAPES)} images queued")
+    expect(page.locator("#upload-message")).to_have_text(
+        f"shapes.zip: {len(SHAPES)} images queued", timeout=TIMEOUT_MS
+    )
     expect(page.locator("#done-count")).to_have_text(str(len(SHAPES)), timeout=TIMEOUT_MS)
     expect(page.locator("#error-count")).to_have_text("0")
     expect(page.locator("#queue-progress-text")).to_contain_text(f"{len(SHAPES)} of {len(SHAPES)}")
+    stored = usage()
+    assert stored["items"] == len(SHAPES) and stored["bytes"] > 0
+    expect(page.locator("#usage-text")).to_have_text(usage_text(stored))
+    if stored["max_items"]:
+        expect(page.locator("#usage-text")).to_contain_text(
+            f"{len(SHAPES)} of {stored['max_items']:,} items"
+        )
 
     page.fill("#search-query", "a red circle")
     page.click("#search-button")
@@ -121,10 +171,37 @@ def test_a_new_user_uploads_a_zip_and_finds_the_red_circle_by_words(
     )
     width = page.evaluate("img => img.naturalWidth", image.element_handle())
     assert width == 192, "the result thumbnail is the uploaded image itself"
+    for img in page.locator("#results .result img").all():
+        src = img.get_attribute("src")
+        assert src.startswith("/image/uploads/") and "sig=" in src and "exp=" in src, src
+        assert "token=" not in src and token not in src, src
+        img.scroll_into_view_if_needed()
+        page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=img.element_handle())
     expect(page.locator("#error")).to_be_hidden()
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # A reset ends the open streams (`event: end`); the page gets new tickets and reconnects.
+    def tickets() -> int:
+        return sum(r.method == "POST" and r.url.endswith("/stream-ticket") for r in requested)
+
+    before = tickets()
+    assert before >= 3, "one ticket per stream: status, workers, events"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#reset-button")
+    expect(page.locator("#upload-message")).to_contain_text("Reset completed")
+    expect(page.locator("#usage-text")).to_have_text(usage_text(usage()))
+    assert usage()["items"] == 0
+    poll(page, lambda: tickets() >= before + 3, "the streams to reconnect with new tickets")
+    expect(page.locator("#live-status")).to_have_text("live")
+    expect(page.locator("#done-count")).to_have_text("0")
+    expect(page.locator("#error")).to_be_hidden()
+
+    urls = [r.url for r in requested]
+    assert any("?ticket=" in u for u in urls), "event streams open with tickets"
+    leaked = [u for u in urls if token in u or "token=" in u]
+    assert leaked == [], f"the bearer token went into a URL: {leaked}"
 
 
 def test_a_wrong_password_shows_the_servers_message(service: Service, page: Any) -> None:
@@ -139,3 +216,33 @@ def test_a_wrong_password_shows_the_servers_message(service: Service, page: Any)
     expect(page.locator("#error-text")).not_to_be_empty()
     expect(page.locator("#app")).to_be_hidden()
     page.screenshot(path=str(SCREENSHOT.with_name(f"{SCREENSHOT.stem}-login.png")))
+
+
+def test_a_refused_stream_shows_the_servers_reason_and_reconnects_after_retry_after(
+    service: Service, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    user, headers = service.new_user("webcap")
+    cap = service.settings.admission.streams_per_user
+    with service.client(headers=headers) as c, contextlib.ExitStack() as held:
+        for _ in range(cap):  # every stream this user may have, held open by another client
+            r = held.enter_context(c.stream("GET", "/status"))
+            assert r.status_code == 200
+        with c.stream("GET", "/status") as refused:
+            refused.read()
+            assert refused.status_code == 429, refused.text
+            detail, wait = refused.json()["detail"], refused.headers["Retry-After"]
+
+        page.goto(f"{service.url}/")
+        page.fill("#login-username", user)
+        page.fill("#login-password", "correct horse")
+        page.click("#login-button")
+        expect(page.locator("#app")).to_be_visible()
+        expect(page.locator("#error-text")).to_have_text(
+            f"Live updates paused: {detail}. Retrying in {wait} s."
+        )
+        expect(page.locator("#live-status")).to_have_text("offline")
+    # The held streams are closed: after Retry-After the page connects with new tickets.
+    expect(page.locator("#live-status")).to_have_text("live", timeout=60_000)
+    expect(page.locator("#error")).to_be_hidden()

@@ -87,6 +87,7 @@ def shapes_cli(service: Service, tmp_path_factory: pytest.TempPathFactory) -> It
     uploaded = cli("upload", str(write_shapes_zip(tmp / "shapes.zip")))
     assert uploaded.rc == 0, uploaded
     assert f"({len(SHAPES)} queued)" in uploaded.out
+    assert uploaded.out.splitlines()[-1].startswith("Storage: "), uploaded.out
     followed = cli("status", "--follow")
     assert followed.rc == 0, followed
     yield cli
@@ -117,6 +118,47 @@ def test_search_prints_the_described_image_first(shapes_cli: Cli) -> None:
     as_json = shapes_cli("search", "a blue square", "--json")
     results = json.loads(as_json.out)
     assert results[0]["filename"].endswith("/blue_square.png")
+
+
+def test_search_links_are_signed_and_open_one_image_without_a_token(
+    service: Service, shapes_cli: Cli
+) -> None:
+    results = json.loads(shapes_cli("search", "a red circle", "--json").out)
+    link = results[0]["image_url"]
+    assert link.startswith(f"/image/uploads/{shapes_cli.user}/") and "sig=" in link, link
+    assert "token=" not in link and shapes_cli.token_file.read_text().strip() not in link
+    opened = httpx.get(f"{service.url}{link}", timeout=30)
+    assert opened.status_code == 200, opened.text
+    assert opened.headers["content-type"].startswith("image/")
+    other = results[1]["filename"].removeprefix("uploads/")
+    forged = link.replace(results[0]["filename"].removeprefix("uploads/"), other)
+    assert forged != link
+    assert httpx.get(f"{service.url}{forged}", timeout=30).status_code == 401
+
+    table = shapes_cli("search", "a red circle", "-k", "1", "--links")
+    assert table.rc == 0, table
+    shown = table.out.splitlines()[1].split()[-1]
+    assert shown.startswith(f"{service.url}{link.partition('?')[0]}?") and "sig=" in shown
+
+
+def test_usage_shows_the_uploaded_images_against_the_quota(
+    service: Service, shapes_cli: Cli
+) -> None:
+    limits = service.settings.limits
+    as_json = shapes_cli("usage", "--json")
+    assert as_json.rc == 0, as_json
+    usage = json.loads(as_json.out)
+    assert usage["items"] == len(SHAPES) and usage["bytes"] > 0
+    assert (usage["max_bytes"], usage["max_items"]) == (
+        limits.user_max_bytes,
+        limits.user_max_items,
+    )
+    shown = shapes_cli("usage")
+    assert shown.rc == 0, shown
+    items = f"{len(SHAPES)} of {limits.user_max_items:,} items" if limits.user_max_items else (
+        f"{len(SHAPES)} items (unlimited)"
+    )  # fmt: skip
+    assert shown.out.startswith("Storage: ") and shown.out.rstrip().endswith(items), shown.out
 
 
 def test_done_lists_every_uploaded_image(shapes_cli: Cli) -> None:

@@ -13,8 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from lumen.cli import Bar, build_parser, render_bar, run, token_path
-from lumen.client import LumenClient, multipart_body, parse_sse, settled, zip_directory
+from lumen.cli import Bar, build_parser, human_bytes, render_bar, run, token_path
+from lumen.client import (
+    LumenClient,
+    StreamEnded,
+    multipart_body,
+    parse_sse,
+    settled,
+    zip_directory,
+)
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -43,6 +50,20 @@ def sse(*payloads: Any) -> httpx.Response:
         f"data: {json.dumps(p)}\n\n: heartbeat\n\n" for p in payloads
     )
     return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def sse_then_end(*payloads: Any, reason: str = "credential expired or revoked") -> httpx.Response:
+    """A stream that sends `payloads` and then ends on purpose, as the service does."""
+    body = "retry: 3000\n\n" + "".join(f"data: {json.dumps(p)}\n\n" for p in payloads)
+    body += f"event: end\ndata: {json.dumps({'reason': reason})}\n\n"
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+def usage(
+    bytes_: int = 0, items: int = 0, max_bytes: int = 0, max_items: int = 0
+) -> httpx.Response:
+    body = {"bytes": bytes_, "items": items, "max_bytes": max_bytes, "max_items": max_items}
+    return httpx.Response(200, json=body)
 
 
 def status(queue: int = 0, processing: int = 0, done: int = 0, **extra: Any) -> dict[str, Any]:
@@ -87,6 +108,14 @@ def test_sse_parser_joins_multiline_data_and_flushes_the_last_event() -> None:
     assert list(parse_sse(lines)) == [{"a": 2}, {"b": 3}]
 
 
+def test_sse_parser_raises_stream_ended_with_the_reason_on_an_end_event() -> None:
+    lines = ['data: {"a": 1}', "", "event: end", 'data: {"reason": "token expired"}', ""]
+    stream = parse_sse(lines)
+    assert next(stream) == {"a": 1}
+    with pytest.raises(StreamEnded, match="token expired"):
+        next(stream)
+
+
 def test_settled_waits_for_own_items_or_an_empty_queue() -> None:
     busy = status(queue=2, processing=1, done=1)
     assert not settled(busy)
@@ -121,6 +150,20 @@ def test_bar_redraws_in_place_and_ends_with_a_newline() -> None:
     text = out.getvalue()
     assert text.count("\r") == 2 and text.endswith("\n")
     assert "100% all" in text
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KB"),
+        (12_897_485, "12.3 MB"),
+        (20 * 1024**3, "20 GB"),
+    ],
+)
+def test_byte_counts_read_in_powers_of_1024_without_a_trailing_zero(n: int, expected: str) -> None:
+    assert human_bytes(n) == expected
 
 
 # --- zipping and uploads ---------------------------------------------------------------
@@ -366,3 +409,112 @@ def test_workers_and_events_print_one_snapshot(capsys: Any) -> None:
     out = capsys.readouterr().out
     assert "w1      health  35.2%  68.7%" in out
     assert "worker_dead" in out and "worker=w3" in out
+
+
+# --- usage, quotas and signed links ----------------------------------------------------
+
+
+def test_usage_prints_bytes_and_items_against_the_quota(capsys: Any) -> None:
+    fake = FakeLumen({("GET", "/usage"): usage(12_897_485, 40, 20 * 1024**3, 200_000)})
+    assert run(["usage"], fake.client()) == 0
+    assert capsys.readouterr().out == "Storage: 12.3 MB of 20 GB, 40 of 200,000 items\n"
+    assert fake.requests[0].headers["authorization"] == "Bearer tok"
+
+
+def test_usage_reads_a_zero_quota_as_unlimited(capsys: Any) -> None:
+    fake = FakeLumen({("GET", "/usage"): usage(2048, 3)})
+    assert run(["usage"], fake.client()) == 0
+    assert capsys.readouterr().out == "Storage: 2 KB (unlimited), 3 items (unlimited)\n"
+
+
+def test_usage_json_prints_the_services_numbers(capsys: Any) -> None:
+    fake = FakeLumen({("GET", "/usage"): usage(5, 1, 0, 10)})
+    assert run(["usage", "--json"], fake.client()) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "bytes": 5,
+        "items": 1,
+        "max_bytes": 0,
+        "max_items": 10,
+    }
+
+
+def test_an_upload_crossing_the_quota_lists_what_was_skipped_and_then_the_usage(
+    tmp_path: Path, capsys: Any
+) -> None:
+    answer = {
+        "message": "Stored 1 image; 1 more were not stored (see skipped): quota full.",
+        "queued": ["uploads/ann/a.jpg"],
+        "skipped": {"day2/b.PNG": "quota exceeded"},
+    }
+    fake = FakeLumen(
+        {
+            ("POST", "/upload"): httpx.Response(200, json=answer),
+            ("GET", "/usage"): usage(3, 1, 0, 1),
+        }
+    )
+    assert run(["upload", str(make_photos(tmp_path))], fake.client()) == 0
+    assert [r.url.path for r in fake.requests] == ["/upload", "/usage"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "  skipped    day2/b.PNG: quota exceeded",
+        "Storage: 3 B (unlimited), 1 of 1 items",
+    ]
+
+
+def test_a_quota_refusal_prints_the_servers_detail_and_exits_2(tmp_path: Path, capsys: Any) -> None:
+    body = {"detail": "your storage quota is full", "code": "quota_exceeded", "limit": "x"}
+    fake = FakeLumen({("POST", "/upload"): httpx.Response(413, json=body)})
+    assert run(["upload", str(make_photos(tmp_path))], fake.client()) == 2
+    assert "error: your storage quota is full (HTTP 413)" in capsys.readouterr().err
+
+
+def test_a_429_prints_the_detail_and_when_to_try_again(capsys: Any) -> None:
+    body = {"detail": "too many uploads in progress", "code": "too_many_uploads"}
+    refusal = httpx.Response(429, json=body, headers={"Retry-After": "5"})
+    fake = FakeLumen({("GET", "/done"): refusal})
+    assert run(["done"], fake.client()) == 2
+    err = capsys.readouterr().err
+    assert "error: too many uploads in progress (HTTP 429) - try again in 5 s" in err
+
+
+def test_search_json_prints_the_signed_image_urls_as_given(capsys: Any) -> None:
+    link = "/image/uploads/ann/dog.jpg?u=ann&exp=1700003600&sig=abc"
+    hit = {"filename": "uploads/ann/dog.jpg", "caption": "", "similarity": 0.5, "image_url": link}
+    fake = FakeLumen({("POST", "/search"): httpx.Response(200, json={"results": [hit]})})
+    assert run(["search", "dog", "--json"], fake.client()) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image_url"] == link
+
+
+def test_search_links_adds_each_signed_link_joined_to_the_service_url(capsys: Any) -> None:
+    link = "/image/uploads/ann/dog.jpg?u=ann&exp=1700003600&sig=abc"
+    hit = {
+        "filename": "uploads/ann/dog.jpg",
+        "caption": "a dog",
+        "similarity": 0.5,
+        "image_url": link,
+    }
+    fake = FakeLumen({("POST", "/search"): httpx.Response(200, json={"results": [hit]})})
+    assert run(["search", "dog", "--links"], fake.client()) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["similarity", "filename", "caption", "link"]
+    assert row.split()[-1] == f"http://lumen.test{link}"
+
+
+def test_status_follow_reopens_a_stream_the_service_ended_and_sends_the_header(
+    capsys: Any,
+) -> None:
+    answers = iter([sse_then_end(status(queue=2)), sse(status(queue=1, done=1), status(done=2))])
+    fake = FakeLumen({("GET", "/status"): lambda _: next(answers)})
+    assert run(["status", "--follow"], fake.client()) == 0
+    assert len(fake.requests) == 2
+    for request in fake.requests:
+        assert request.headers["authorization"] == "Bearer tok"
+        assert request.url.query == b""
+    assert capsys.readouterr().err.rstrip().endswith("done 2  queued 0  processing 0  errors 0")
+
+
+def test_status_follow_gives_up_when_every_stream_ends_at_once(capsys: Any) -> None:
+    fake = FakeLumen({("GET", "/status"): lambda _: sse_then_end(reason="account reset")})
+    assert run(["status", "--follow"], fake.client()) == 2
+    assert len(fake.requests) == 4
+    assert "error: account reset" in capsys.readouterr().err
