@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import ray
@@ -14,6 +15,7 @@ from actors.index_shard import get_index_shard
 from actors.naming import dispatcher_name, named_actor, shard_for
 from lumen.config import Settings
 from lumen.dispatch import DispatchCore, WorkerDied
+from lumen.health import beat_ts, heartbeat_is_fresh
 from lumen.metrics import RayMetrics
 from lumen.naming import EMBEDDER
 from lumen.storage import Stores
@@ -35,6 +37,23 @@ class _ServeEmbed:
             return await self.handle.remote(user, items)
         except RayActorError as exc:
             raise WorkerDied(str(exc)) from exc
+
+
+class _HeartbeatReplicas:
+    """`Replicas` from the embedders' fresh heartbeats (each says its batch size)."""
+
+    def __init__(self, stores: Stores, settings: Settings) -> None:
+        self.stores = stores
+        self.stale_after_s = settings.monitor.stale_after_s
+
+    def batch_sizes(self) -> list[int]:
+        now = time.time()
+        return [
+            int(beat["batch"])
+            for beat in self.stores.heartbeats.all().values()
+            if isinstance(beat.get("batch"), int)
+            and heartbeat_is_fresh(beat_ts(beat), now, self.stale_after_s)
+        ]
 
 
 class _ShardCommit:
@@ -59,13 +78,21 @@ class Dispatcher:
     nothing: items it had in flight pass their deadline and are requeued.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shard: int = 0) -> None:
         stores = Stores(settings)
+        shards = settings.queue.dispatchers
         self.core = DispatchCore(
             settings.queue, stores.queue, stores.events,
             _ServeEmbed(settings.app_name), _ShardCommit(settings), RayMetrics(),
+            replicas=_HeartbeatReplicas(stores, settings),
+            owns=None if shards == 1 else (lambda user: shard_for(user, shards) == shard),
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
+
+    async def wake(self) -> None:
+        """Items were queued or requeued for this shard's users: claim now."""
+        await self.ensure_running()
+        self.core.wake()
 
     async def ensure_running(self) -> bool:
         if self._task is None or self._task.done():
@@ -75,5 +102,6 @@ class Dispatcher:
         return True
 
 
-def get_dispatcher(settings: Settings) -> ray.actor.ActorHandle:
-    return named_actor(Dispatcher, dispatcher_name(settings.app_name), settings)
+def get_dispatcher(settings: Settings, shard: int = 0) -> ray.actor.ActorHandle:
+    """Dispatcher shard `shard` (users hash to shards as to index shards, by crc32)."""
+    return named_actor(Dispatcher, dispatcher_name(settings.app_name, shard), settings, shard)

@@ -12,8 +12,8 @@ from lumen.config import Settings
 NAMESPACE = "lumen"
 
 
-def dispatcher_name(app_name: str) -> str:
-    return f"{app_name}:dispatcher"
+def dispatcher_name(app_name: str, shard: int = 0) -> str:
+    return f"{app_name}:dispatcher" if shard == 0 else f"{app_name}:dispatcher-{shard}"
 
 
 def monitor_name(app_name: str) -> str:
@@ -29,7 +29,9 @@ def shard_for(user: str, shards: int) -> int:
     return zlib.crc32(user.encode()) % shards
 
 
-def named_actor(actor_class: Any, name: str, settings: Settings) -> ray.actor.ActorHandle:
+def named_actor(
+    actor_class: Any, name: str, settings: Settings, *args: Any
+) -> ray.actor.ActorHandle:
     """The detached actor called `name`, created on first use (every caller may race here)."""
     return actor_class.options(
         name=name,
@@ -37,4 +39,4 @@ def named_actor(actor_class: Any, name: str, settings: Settings) -> ray.actor.Ac
         lifetime="detached",
         get_if_exists=True,
         resources=settings.actor_resources,
-    ).remote(settings)
+    ).remote(settings, *args)

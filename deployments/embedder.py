@@ -18,6 +18,8 @@ from lumen.storage import Stores
 from lumen.vectors import encode_vector
 from lumen.worker import EmbedderCore, EmbedResult
 
+BATCH_SIZE = 32  # until the YAML's user_config says otherwise (reconfigure)
+
 
 @serve.deployment
 class Embedder:
@@ -35,11 +37,13 @@ class Embedder:
         self.stores = Stores(settings)
         self.interval_s = settings.monitor.heartbeat_interval_s
         self._beat_task: asyncio.Task[None] | None = None
+        self.max_batch_size = BATCH_SIZE
         self._beat()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Runtime knobs from the YAML's `user_config`."""
         if "max_batch_size" in config:
+            self.max_batch_size = int(config["max_batch_size"])
             self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))
             self._text_batch.set_max_batch_size(int(config["max_batch_size"]))
         if "batch_wait_timeout_s" in config:
@@ -48,7 +52,8 @@ class Embedder:
 
     def _beat(self) -> None:
         with contextlib.suppress(Exception):
-            self.stores.heartbeats.beat(self.worker_id, self.core.metrics())
+            beat = {**self.core.metrics(), "batch": self.max_batch_size}  # paces the dispatcher
+            self.stores.heartbeats.beat(self.worker_id, beat)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -89,7 +94,7 @@ class Embedder:
             return self.core.failure(user, item, exc)
         return self.core.result(user, item, vector, caption)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.02)
     async def _embed_batch(
         self, tensors: list[torch.Tensor], owners: list[tuple[str, str]]
     ) -> list[tuple[np.ndarray, str]]:

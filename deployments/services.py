@@ -72,7 +72,7 @@ class ActorHandles:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._shards: dict[int, ShardClient] = {}
-        self._dispatcher: Any = None
+        self._dispatchers: dict[int, Any] = {}
         self._monitor: Any = None
 
     def shard(self, user: str) -> ShardClient:
@@ -83,10 +83,16 @@ class ActorHandles:
             self._shards[n] = ShardClient(get_index_shard(self.settings, n))
         return self._shards[n]
 
-    def dispatcher(self) -> Any:
-        if self._dispatcher is None:
-            self._dispatcher = get_dispatcher(self.settings)
-        return self._dispatcher
+    def dispatcher(self, n: int = 0) -> Any:
+        if n not in self._dispatchers:
+            self._dispatchers[n] = get_dispatcher(self.settings, n)
+        return self._dispatchers[n]
+
+    def dispatcher_of(self, user: str) -> Any:
+        return self.dispatcher(shard_for(user, self.settings.queue.dispatchers))
+
+    def dispatchers(self) -> list[Any]:
+        return [self.dispatcher(n) for n in range(self.settings.queue.dispatchers)]
 
     def monitor(self) -> Any:
         if self._monitor is None:
@@ -101,7 +107,8 @@ class ActorHandles:
     def forget(self) -> None:
         """Look every actor up again (one was killed for good and created anew)."""
         self._shards.clear()
-        self._dispatcher = self._monitor = None
+        self._dispatchers.clear()
+        self._monitor = None
 
 
 class Supervisor:
@@ -115,17 +122,18 @@ class Supervisor:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._watch())
 
-    async def kick(self) -> None:
-        """Make sure work starts now (after an upload) rather than at the next check."""
+    async def kick(self, user: str) -> None:
+        """Wake the user's dispatcher: work was queued (an upload, a retry)."""
         try:
-            await self.handles.dispatcher().ensure_running.remote()
-        except Exception:  # noqa: BLE001 - restarting: the next check tries again
+            await self.handles.dispatcher_of(user).wake.remote()
+        except Exception:  # noqa: BLE001 - restarting: its idle check finds the work
             log.warning("dispatcher not reachable", exc_info=True)
 
     async def _watch(self) -> None:
         while True:
             try:
-                await self.handles.dispatcher().ensure_running.remote()
+                for dispatcher in self.handles.dispatchers():
+                    await dispatcher.ensure_running.remote()
                 await self.handles.monitor().ensure_running.remote()
                 await self.handles.converge_shards()
             except RayActorError:

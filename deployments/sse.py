@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -18,6 +19,8 @@ from starlette.background import BackgroundTask
 from deployments.services import Services
 from lumen.admission import Work
 from lumen.auth import StreamGrant
+
+log = logging.getLogger(__name__)
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
@@ -72,6 +75,9 @@ def sse_stream(
                     last_sent = now
                     yield ": heartbeat\n\n"
                 await asyncio.sleep(monitor.sse_interval_s)
+        except Exception:  # noqa: BLE001 - the response has started: end the stream cleanly
+            log.warning("event stream for %s ended by an error", grant.user, exc_info=True)
+            yield 'event: end\ndata: {"reason":"the server could not read this stream"}\n\n'
         finally:
             slot.release()
 

@@ -35,6 +35,18 @@ class ModelSettings(BaseModel):
     cache_dir: str | None = None
     fp16_on_gpu: bool = True
     caption_labels: int = 3
+    # Benchmarks only (bench/control_plane.py): no decode, no model, made-up vectors. Refused
+    # unless LUMEN_BENCHMARK_NULL_MODEL=i-am-benchmarking is in the environment too.
+    benchmark_null: bool = False
+
+    @field_validator("benchmark_null")
+    @classmethod
+    def _benchmarks_only(cls, value: bool) -> bool:
+        if value:
+            from lumen.nullmodel import require_benchmark_env
+
+            require_benchmark_env()
+        return value
 
 
 class LimitSettings(BaseModel):
@@ -116,10 +128,20 @@ class QueueSettings(BaseModel):
 
     task_timeout_s: float = 120.0
     max_retries: int = 3
+    # Chunk size until the embedders' heartbeats say their batch size.
     dispatch_batch_size: int = 32
+    # Chunks in flight at least (more with more live replicas: two each, plus one).
     max_inflight_batches: int = 4
-    poll_interval_s: float = 0.05
+    # The dispatcher sleeps until woken (enqueue, finished chunk, deadline); this is the
+    # longest it sleeps without a wake, as a safety net for a lost one.
+    idle_check_s: float = 5.0
+    # Dispatcher shards (named actors, users hashed to them): the control plane grows with nodes.
+    dispatchers: int = 1
     index_shards: int = 2
+    # A ZIP upload queues its images in chunks while it is still extracting: a chunk holds
+    # up to this many, and is sent sooner once its first image waited `enqueue_flush_s`.
+    enqueue_chunk: int = Field(default=32, ge=1)
+    enqueue_flush_s: float = 0.5
 
 
 class IndexSettings(BaseModel):

@@ -13,9 +13,11 @@ to an item lives here and is reached by unit tests through the Protocols below:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,7 +64,10 @@ class DispatchQueue(Protocol):
     def active_users(self) -> list[str]: ...
     def depth(self) -> dict[str, int]: ...
     def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]: ...
-    def requeue_expired(self, max_retries: int) -> Sequence[Retried]: ...
+    def requeue_expired(
+        self, max_retries: int, *, owns: Callable[[str], bool] | None = None
+    ) -> Sequence[Retried]: ...
+    def next_deadline(self) -> float | None: ...
     def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[ItemState]: ...
     def workers_of(self, user: str, items: list[str]) -> dict[str, str]: ...
 
@@ -106,11 +111,37 @@ class Failure:
     permanent: bool
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """How much to claim: items per chunk and items in flight, from the live embedders."""
+
+    chunk: int
+    window: int
+
+
+def pace(settings: QueueSettings, batch_sizes: Sequence[int]) -> Pacing:
+    """Chunks of one replica batch; two chunks in flight per live replica (one forming while
+    one runs) and one more, so Serve sees more than its target and scales out."""
+    chunk = max(batch_sizes, default=settings.dispatch_batch_size)
+    chunks = max(settings.max_inflight_batches, 2 * len(batch_sizes) + 1)
+    return Pacing(chunk=chunk, window=chunk * chunks)
+
+
+class Replicas(Protocol):
+    """The batch size of each live embedder replica (from their heartbeats)."""
+
+    def batch_sizes(self) -> list[int]: ...
+
+
 class DispatchCore:
     """Claims fairly, keeps the embedders busy, commits results and retries failures.
 
-    State lives in the queue (Redis): a lost chunk passes its deadline and is requeued by
-    `sweep`, so nothing here has to survive a restart. Blocking queue calls run on threads.
+    Event-driven: it sleeps until woken by an enqueue (`wake`), a finished chunk, or the
+    next deadline, with an idle check every `queue.idle_check_s` as a safety net, so an
+    idle control plane costs a few Redis calls per check and nothing else. State lives in
+    Redis: a lost chunk passes its deadline and is requeued by `sweep`, so nothing here has
+    to survive a restart. Blocking queue calls run on threads. `owns` keeps a dispatcher
+    shard to its users (all users when there is one shard).
     """
 
     def __init__(
@@ -121,6 +152,8 @@ class DispatchCore:
         embed: Embed,
         commit: Commit,
         metrics: Metrics,
+        replicas: Replicas | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -128,29 +161,67 @@ class DispatchCore:
         self.embedder = embed
         self.index = commit
         self.metrics = metrics
+        self.replicas = replicas
+        self.owns = owns
         self.rr = RoundRobin()
+        self.pacing = pace(settings, [])
         self.inflight = 0
         self.processed = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.woken = asyncio.Event()
+        self.next_deadline: float | None = None
+        self.sleeping = False
+        self._paced_at = float("-inf")
 
     @property
     def capacity(self) -> int:
-        return self.settings.dispatch_batch_size * self.settings.max_inflight_batches
+        return self.pacing.window
+
+    def wake(self) -> None:
+        """Something changed (an upload, a retry, a finished chunk): look again now."""
+        self.woken.set()
 
     async def run(self) -> None:
-        """Sweep deadlines once a second, claim whenever there is room; never returns."""
-        loop = asyncio.get_running_loop()
-        last_sweep = float("-inf")
+        """Claim whenever there is room, sweep when a deadline is due; never returns."""
         while True:
             try:
-                if loop.time() - last_sweep >= 1.0:
-                    last_sweep = loop.time()
-                    await asyncio.to_thread(self.sweep)
-                await self.round()
+                self.woken.clear()
+                claimed = await self.step()
             except Exception:  # noqa: BLE001 - Redis restarting, Serve redeploying: go on
                 log.exception("dispatch round failed")
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(self.settings.poll_interval_s)
+                continue
+            if claimed and self.inflight < self.capacity:
+                continue  # there may be more queued than one round took
+            await self.sleep_until_woken()
+
+    async def step(self) -> int:
+        """One pass: pace, sweep what is due, claim; returns the items claimed."""
+        now = time.time()
+        if now - self._paced_at >= 1.0:
+            self._paced_at = now
+            await asyncio.to_thread(self.refresh_pacing)
+        if self.next_deadline is None or self.next_deadline <= now:
+            await asyncio.to_thread(self.sweep)
+        claimed = await self.round()
+        self.next_deadline = await asyncio.to_thread(self.queue.next_deadline)
+        return claimed
+
+    async def sleep_until_woken(self) -> None:
+        """Until `wake`, the next deadline, or the idle check, whichever comes first."""
+        timeout = self.settings.idle_check_s
+        if self.next_deadline is not None:
+            timeout = min(timeout, max(0.01, self.next_deadline - time.time()))
+        self.sleeping = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), timeout)
+        finally:
+            self.sleeping = False
+
+    def refresh_pacing(self) -> None:
+        if self.replicas is not None:
+            self.pacing = pace(self.settings, self.replicas.batch_sizes())
 
     async def round(self) -> int:
         """Claim up to the free capacity and start a task per chunk; returns items claimed."""
@@ -171,20 +242,28 @@ class DispatchCore:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def claim(self, free: int) -> list[tuple[str, list[str]]]:
+        """Round robin over the active users; capacity a light user leaves unused goes to
+        those who filled their share, so batches stay full while many users are active."""
         s = self.settings
-        users = self.queue.active_users()
+        users = [u for u in self.queue.active_users() if self.owns is None or self.owns(u)]
         for state, n in self.queue.depth().items():
             self.metrics.queue_depth(state, n)
         out = []
-        for user, n in self.rr.plan(users, free, s.dispatch_batch_size):
-            items = self.queue.claim(user, n, CLAIMER, s.task_timeout_s)
-            if items:
-                out.append((user, items))
+        while users and free > 0:
+            hungry = []
+            for user, n in self.rr.plan(users, free, self.pacing.chunk):
+                items = self.queue.claim(user, n, CLAIMER, s.task_timeout_s)
+                if items:
+                    out.append((user, items))
+                    free -= len(items)
+                if len(items) == n:
+                    hungry.append(user)
+            users = hungry
         return out
 
     def sweep(self) -> None:
         """Requeue (or error) items whose deadline passed; say so in events."""
-        for r in self.queue.requeue_expired(self.settings.max_retries):
+        for r in self.queue.requeue_expired(self.settings.max_retries, owns=self.owns):
             if r.state == ItemState.GONE:
                 continue
             self.metrics.items_failed("timeout", 1)
@@ -217,6 +296,7 @@ class DispatchCore:
             log.exception("processing a chunk for %s failed", user)
         finally:
             self.inflight -= len(items)
+            self.wake()  # room for the next chunk
 
     async def commit(self, user: str, results: list[EmbedResult]) -> None:
         """Commit by the model that made each vector (two while a redeploy rolls over).

@@ -16,6 +16,7 @@ from lumen.config import Settings
 from lumen.embedding import ClipModel
 from lumen.errors import LumenError
 from lumen.ingest.images import open_image
+from lumen.nullmodel import NullClip
 from lumen.paths import resolve_item
 from lumen.vectors import encode_vector
 
@@ -45,7 +46,10 @@ class EmbedderCore:
     def __init__(self, settings: Settings, worker_id: str, threads: int | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.model = ClipModel.from_settings(settings.model, threads=threads)
+        self.null = settings.model.benchmark_null
+        self.model = (
+            NullClip() if self.null else ClipModel.from_settings(settings.model, threads=threads)
+        )
         self.captioner = Captioner(self.model)
         # JPEG draft mode decodes at the smallest 1/2^k scale still >= the model's input.
         side = int(self.model.image_size)
@@ -64,6 +68,8 @@ class EmbedderCore:
         return int(self.model.dim)
 
     def decode(self, user: str, item: str) -> torch.Tensor:
+        if isinstance(self.model, NullClip):  # benchmark-only: no file read, no decode
+            return self.model.tensor_for(item)
         path = resolve_item(self.settings.data_dir, user, item)
         img = open_image(
             path, max_pixels=self.settings.limits.max_image_pixels, draft_size=self._draft

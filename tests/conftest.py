@@ -141,7 +141,7 @@ def service_settings(
         "data_dir": str(data_dir),
         "redis": {"url": redis_url, "namespace": f"t{uuid.uuid4().hex[:6]}"},
         "model": model,
-        "queue": {"task_timeout_s": 15.0, "max_retries": 3, "poll_interval_s": 0.02},
+        "queue": {"task_timeout_s": 15.0, "max_retries": 3},
         "auth": {"admin_users": [ADMIN], "trusted_proxies": ["127.0.0.1"]},
         "gemini": {"api_key": secrets.token_hex(16), "base_url": gemini.base_url, "timeout_s": 2},
         "admission": {"stream_recheck_s": 1.0},

@@ -38,7 +38,7 @@ async def retry_errors(user: CurrentUser, svc: Svc) -> RetryResponse:
     """Queue every failed item of the caller again, each with a fresh retry budget."""
     items = await svc.account.retry_all(user)
     if items:
-        await svc.supervisor.kick()
+        await svc.supervisor.kick(user)
     return RetryResponse(message=f"Requeued {len(items)} failed item(s).", requeued=items)
 
 
@@ -46,7 +46,7 @@ async def retry_errors(user: CurrentUser, svc: Svc) -> RetryResponse:
 async def retry_item(item: str, user: CurrentUser, svc: Svc) -> RetryResponse:
     """Queue one failed item again with a fresh retry budget (409 if it has not failed)."""
     await svc.account.retry(user, item)
-    await svc.supervisor.kick()
+    await svc.supervisor.kick(user)
     return RetryResponse(message=f"Requeued {item}.", requeued=[item])
 
 

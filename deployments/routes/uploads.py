@@ -94,7 +94,7 @@ async def _admitted(
     """Run an upload within the user's upload slots on `pool`, then wake the dispatcher."""
     with svc.admission.admit(Work.UPLOAD, user):
         out = await pool.run(work)
-    await svc.supervisor.kick()
+    await svc.supervisor.kick(user)
     return UploadResponse.model_validate(out, from_attributes=True)
 
 

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,19 +167,25 @@ class QueueStore:
         return states
 
     def requeue_expired(
-        self, max_retries: int, limit: int = 500, now: float | None = None
+        self,
+        max_retries: int,
+        limit: int = 500,
+        now: float | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> list[Retried]:
         """Requeue (or error) items whose deadline passed by `now` (default: the clock).
 
         Reads the due deadlines, then retries each user's items in one script that re-checks
-        that each is still processing and still due, so nothing is requeued twice.
+        that each is still processing and still due, so nothing is requeued twice. `owns`
+        keeps a dispatcher shard to its own users.
         """
         now = time.time() if now is None else now
         due = self._r.zrangebyscore(self._k.deadline, "-inf", now, start=0, num=limit)
         by_user: dict[str, list[str]] = defaultdict(list)
         for member in due:
             user, _, item = text(member).partition("\0")
-            by_user[user].append(item)
+            if owns is None or owns(user):
+                by_user[user].append(item)
         out: list[Retried] = []
         reason = "task timed out"
         for user, items in by_user.items():
@@ -189,6 +196,11 @@ class QueueStore:
                 if state != ItemState.LIVE
             ]
         return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of any item in processing (epoch s), or None."""
+        first = self._r.zrange(self._k.deadline, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
 
     def retry_failed(self, user: str, item: str) -> bool:
         """Move an errored item back to the queue with a fresh retry budget."""

@@ -31,12 +31,18 @@ class FakeQueue:
     errors: dict[tuple[str, str], str] = field(default_factory=dict)
     done: set[tuple[str, str]] = field(default_factory=set)
     expired: list[tuple[str, str]] = field(default_factory=list)
+    calls: int = 0
 
     def put(self, user: str, *items: str) -> None:
         self.queues[user].extend(items)
 
     def active_users(self) -> list[str]:
+        self.calls += 1
         return sorted(u for u, q in self.queues.items() if q)
+
+    def next_deadline(self) -> float | None:
+        self.calls += 1
+        return None
 
     def depth(self) -> dict[str, int]:
         return {
@@ -64,8 +70,12 @@ class FakeQueue:
     def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[ItemState]:
         return [self._retry(u, i, r, max_retries) for u, i, r in failures]
 
-    def requeue_expired(self, max_retries: int) -> Sequence[Requeued]:
-        due, self.expired = self.expired, []
+    def requeue_expired(
+        self, max_retries: int, *, owns: Callable[[str], bool] | None = None
+    ) -> Sequence[Requeued]:
+        self.calls += 1
+        due = [(u, i) for u, i in self.expired if owns is None or owns(u)]
+        self.expired = [(u, i) for u, i in self.expired if (u, i) not in due]
         return [Requeued(u, i, self._retry(u, i, "task timed out", max_retries)) for u, i in due]
 
     def workers_of(self, user: str, items: list[str]) -> dict[str, str]:

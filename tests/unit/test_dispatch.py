@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from lumen.config import QueueSettings
-from lumen.dispatch import DispatchCore, RoundRobin, WorkerDied
+from lumen.dispatch import DispatchCore, Pacing, RoundRobin, WorkerDied, pace
 from tests.support.dispatch_fakes import (
     FakeEmbed,
     FakeEvents,
@@ -17,6 +17,7 @@ from tests.support.dispatch_fakes import (
     broken,
     ok,
 )
+from tests.support.waiting import wait_until_async
 
 
 def make_core(
@@ -190,7 +191,7 @@ def test_claims_never_exceed_the_in_flight_capacity() -> None:
 
     async def scenario() -> None:
         rounds = [await core.round() for _ in range(3)]
-        assert rounds == [4, 4, 0] and core.inflight == 8
+        assert rounds == [8, 0, 0] and core.inflight == 8
         assert len(core.tasks) == 2  # every spawned task is referenced until it ends
         embed.gate.set()  # type: ignore[union-attr]
         await core.drain()
@@ -257,3 +258,57 @@ def test_round_robin_never_exceeds_capacity_and_serves_many_users_over_rounds() 
         assert sum(n for _, n in plan) <= 4
         served |= {u for u, _ in plan}
     assert served == set(users)  # nobody waits more than ceil(10 / 4) rounds
+
+
+def test_capacity_a_light_user_leaves_unused_goes_to_the_heavy_user() -> None:
+    embed = FakeEmbed()
+    core, queue, _, _, _ = make_core(embed, batch=4, inflight=4)  # 16 in flight
+    queue.put("heavy", *[f"h{i}" for i in range(100)])
+    queue.put("light", "l1")
+    claimed = core.claim(core.capacity)
+    assert sum(len(items) for _, items in claimed) == 16  # the window is full
+    assert ("light", ["l1"]) in claimed
+
+
+def test_pacing_follows_the_live_replicas_batch_size() -> None:
+    settings = QueueSettings(dispatch_batch_size=32, max_inflight_batches=4)
+    assert pace(settings, []) == Pacing(chunk=32, window=128)
+    assert pace(settings, [256, 256]) == Pacing(chunk=256, window=256 * 5)
+    assert pace(settings, [64]).window == 64 * 4  # never below max_inflight_batches chunks
+
+
+def test_a_dispatcher_shard_claims_and_sweeps_only_its_own_users() -> None:
+    queue, events, metrics = FakeQueue(), FakeEvents(), FakeMetrics()
+    core = DispatchCore(
+        QueueSettings(), queue, events, FakeEmbed(), FakeIndex(queue), metrics,
+        owns=lambda user: user.startswith("a"),
+    )  # fmt: skip
+    queue.put("alice", "a1")
+    queue.put("bob", "b1")
+    assert [u for u, _ in core.claim(10)] == ["alice"]
+    queue.claim("bob", 1, "dispatcher", 1.0)
+    queue.expired.append(("bob", "b1"))
+    core.sweep()
+    assert events.log == [] and queue.expired == [("bob", "b1")]
+
+
+def test_an_idle_dispatcher_sleeps_until_woken_and_then_claims_at_once() -> None:
+    settings = QueueSettings(idle_check_s=3600)
+    queue, events, metrics = FakeQueue(), FakeEvents(), FakeMetrics()
+    index = FakeIndex(queue)
+    core = DispatchCore(settings, queue, events, FakeEmbed(), index, metrics)
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(core.run())
+        await wait_until_async(lambda: core.sleeping, 10, "the dispatcher to go idle")
+        calls = queue.calls
+        for _ in range(100):  # many loop turns: an idle dispatcher makes no store calls
+            await asyncio.sleep(0)
+        assert queue.calls == calls and core.sleeping
+        queue.put("alice", "a1", "a2")
+        core.wake()
+        await wait_until_async(lambda: len(queue.done) == 2, 10, "the woken dispatcher's work")
+        await wait_until_async(lambda: core.sleeping, 10, "idle again")
+        task.cancel()
+
+    run(scenario())
