@@ -6,20 +6,39 @@ below its floor (507, `insufficient_storage`). An upload that crosses the quota 
 and queues what was stored before the crossing; every later image or page is listed in
 `skipped` with the reason, and the message says so. When not one image fits, the upload is
 refused as if the quota had been full from the start.
+
+A ZIP is queued while it is still being extracted, so embedding starts during the upload:
+images go to the queue in chunks of `queue.enqueue_chunk`, a chunk going sooner once its
+first image has waited `queue.enqueue_flush_s` (checked as each image is stored). The
+response adds up the chunks and is the same as if everything had been queued in one call.
+An optional `on_chunk` hook hears the items each chunk queued (to wake the dispatcher).
+
+Refusals come before the first chunk: everything that can refuse an archive as a whole
+(not a ZIP, damaged directory, encrypted, too many members, declared expansion or ratios,
+a full quota, the disk floor) is decided from the end records and the central directory
+before a single image is stored (see `lumen.ingest.archive`), and a member that turns out
+bad while it is decompressed is only skipped. So a refused archive has queued nothing and
+leaves nothing behind. What can still fail midway is the server itself (the disk, the
+queue unreachable): the chunks already queued then stay queued and counted, like any
+queued item (they show in `/status`), every stored image not yet queued is removed, and
+the error is returned. Sending the same archive again is safe: what was queued comes back
+as duplicates and the rest is queued.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lumen.config import Settings
 from lumen.errors import InsufficientStorage, InvalidUpload, LumenError, QuotaExceeded
-from lumen.ingest.archive import extract_images
+from lumen.ingest.archive import ExtractedImage, ZipExtraction
 from lumen.ingest.pdf import RenderedPage, render_pdf, sniff_pdf
 from lumen.paths import relative_item, resolve_item, user_root
 from lumen.quota import (
@@ -36,6 +55,11 @@ from lumen.quota import (
 from lumen.storage.queue import EnqueueResult, NewItem
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+log = logging.getLogger(__name__)
+
+# Told the items one chunk queued, right after it was queued (called on the upload's thread).
+ChunkHook = Callable[[list[str]], None]
 
 
 class UploadQueue(Protocol):
@@ -64,11 +88,16 @@ class UploadService:
     """Extracts into the user's folder within their quota, dedupes by content, enqueues."""
 
     def __init__(
-        self, settings: Settings, queue: UploadQueue, disk_free: DiskFree = disk_free_bytes
+        self,
+        settings: Settings,
+        queue: UploadQueue,
+        disk_free: DiskFree = disk_free_bytes,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.disk_free = disk_free
+        self.clock = clock
 
     def folder(self, user: str, *sub: str) -> Path:
         path = user_root(self.settings.data_dir, user).joinpath(*sub)
@@ -99,27 +128,37 @@ class UploadService:
         )  # fmt: skip
         return f" {skipped} more were not stored (see skipped): {why}."
 
-    def ingest_zip(self, user: str, archive: Path | BinaryIO) -> UploadOutcome:
-        """Extract a ZIP (a path or a seekable binary file) into the user's folder, queue it."""
+    def ingest_zip(
+        self, user: str, archive: Path | BinaryIO, on_chunk: ChunkHook | None = None
+    ) -> UploadOutcome:
+        """Extract a ZIP (a path or a seekable binary file) into the user's folder, queueing
+        its images in chunks as they are stored (see the module docstring)."""
         allowance = self._allowance(user)
-        result = extract_images(archive, self.folder(user), self.settings.limits, allowance)
-        if not result.images and result.stopped_by is not None:
-            raise self._stop_error(result.stopped_by)
-        items = [
-            NewItem(
-                item=relative_item(self.settings.data_dir, user, img.path),
-                sha256=img.sha256,
-                meta={"kind": "image", "original": img.original_name, "format": str(img.format)},
-                size=img.path.stat().st_size,
-            )
-            for img in result.images
-        ]
-        outcome = self._enqueue(user, items)
-        outcome.skipped = {s.name: s.reason for s in result.skipped}
-        stopped = sum(1 for s in result.skipped if s.reason == result.stop_reason)
-        note = self._stop_note(result.stopped_by, stopped)
+        chunks = _Chunks(self, user, on_chunk)
+        with ZipExtraction(archive, self.folder(user), self.settings.limits, allowance) as zf:
+            try:
+                for image in zf.images():
+                    chunks.add(self._image_item(user, image))
+                chunks.flush()
+            except BaseException:
+                chunks.discard()  # stored but not queued: nothing may count them
+                raise
+        if not chunks.added and zf.stopped_by is not None:
+            raise self._stop_error(zf.stopped_by)
+        outcome = chunks.outcome
+        outcome.skipped = {s.name: s.reason for s in zf.skipped}
+        stopped = sum(1 for s in zf.skipped if s.reason == zf.stop_reason)
+        note = self._stop_note(zf.stopped_by, stopped)
         outcome.message = f"Uploaded and queued {len(outcome.queued)} images.{note}"
         return outcome
+
+    def _image_item(self, user: str, image: ExtractedImage) -> NewItem:
+        return NewItem(
+            item=relative_item(self.settings.data_dir, user, image.path),
+            sha256=image.sha256,
+            meta={"kind": "image", "original": image.original_name, "format": str(image.format)},
+            size=image.size,
+        )
 
     @staticmethod
     def is_zip(handle: BinaryIO) -> bool:
@@ -127,7 +166,10 @@ class UploadService:
         handle.seek(0)
         return head.startswith(ZIP_MAGIC)
 
-    def ingest_pdf(self, user: str, path: Path, filename: str | None) -> UploadOutcome:
+    def ingest_pdf(
+        self, user: str, path: Path, filename: str | None, on_chunk: ChunkHook | None = None
+    ) -> UploadOutcome:
+        """Render a PDF's pages into the user's folder and queue them in one call."""
         with path.open("rb") as handle:
             if not sniff_pdf(handle.read(1024)):
                 raise InvalidUpload("upload_file must be a PDF or a ZIP of images")
@@ -147,6 +189,7 @@ class UploadService:
             for page in kept
         ]
         outcome = self._enqueue(user, items)
+        _tell(on_chunk, outcome.queued)
         outcome.skipped = skipped
         note = self._stop_note(stopped_by, len(skipped))
         outcome.message = f"Processed {len(kept)} pages from PDF.{note}"
@@ -188,6 +231,55 @@ class UploadService:
 
     def remove_file(self, user: str, item: str) -> None:
         resolve_item(self.settings.data_dir, user, item).unlink(missing_ok=True)
+
+
+class _Chunks:
+    """Queues items in chunks as they are produced, and adds up what the queue answered."""
+
+    def __init__(self, service: UploadService, user: str, on_chunk: ChunkHook | None) -> None:
+        self.service = service
+        self.user = user
+        self.on_chunk = on_chunk
+        self.size = service.settings.queue.enqueue_chunk
+        self.flush_s = service.settings.queue.enqueue_flush_s
+        self.pending: list[NewItem] = []
+        self.first_at = 0.0
+        self.added = 0
+        self.outcome = UploadOutcome("", [])
+
+    def add(self, item: NewItem) -> None:
+        now = self.service.clock()
+        if not self.pending:
+            self.first_at = now
+        self.pending.append(item)
+        self.added += 1
+        if len(self.pending) >= self.size or now - self.first_at >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        items, self.pending = self.pending, []
+        if not items:
+            return
+        part = self.service._enqueue(self.user, items)  # removes its files if it fails
+        self.outcome.queued.extend(part.queued)
+        self.outcome.duplicates.update(part.duplicates)
+        _tell(self.on_chunk, part.queued)
+
+    def discard(self) -> None:
+        """Remove the files of the items stored but not queued yet."""
+        data_dir = self.service.settings.data_dir
+        _unlink(data_dir / it.item for it in self.pending)
+        self.pending = []
+
+
+def _tell(on_chunk: ChunkHook | None, queued: list[str]) -> None:
+    """Call the hook with what a chunk queued; it only hurries things, so it never fails one."""
+    if on_chunk is None or not queued:
+        return
+    try:
+        on_chunk(list(queued))
+    except Exception:
+        log.warning("the upload's on_chunk hook failed; the items stay queued", exc_info=True)
 
 
 def _unlink(paths: Iterable[Path]) -> None:

@@ -1,5 +1,10 @@
 """ZIP uploads: safe extraction of the images inside an archive into one user folder.
 
+`ZipExtraction` opens an archive and runs, before a single member is read, every check
+that can refuse the archive as a whole; iterating `images()` then stores and hands out the
+images one by one, so a caller can queue them while the rest is still being extracted.
+`extract_images` does both and returns every image at once.
+
 Rules, in the order they are applied:
 
 - The archive as a whole is refused (InvalidUpload) when it is not a ZIP, is damaged or
@@ -7,9 +12,14 @@ Rules, in the order they are applied:
   limit) when it has more than `max_zip_members` members (counted from the end records
   before the directory is loaded, see `zipdir`), declares more than `max_uncompressed_bytes`
   in total, expands as a whole more than `max_compression_ratio` times its own size (past
-  1 MiB), or any member over 4 KiB declares a compression ratio above it. The same limits
-  are enforced again on the bytes actually decompressed, because headers can lie. A refused
-  archive leaves nothing behind: images already stored from it are removed.
+  1 MiB), or any member over 4 KiB declares a compression ratio above it. All of this is
+  read from the end records and the central directory when the archive is opened, so a
+  refused archive has stored nothing: no image is written before the whole archive passed.
+- The same limits are enforced again on the bytes actually decompressed, because headers
+  can lie. `zipfile` never hands out more than a member's declared size (and a member
+  whose data does not match its header fails its CRC), so these checks only back up the
+  ones above; a member that trips one anyway is skipped with the reason, like any other
+  bad member, and images already handed out stay valid.
 - Directories, hidden entries (any path component starting with '.') and `__MACOSX/` are
   skipped silently.
 - Symbolic links, absolute paths, drive letters and `..` components are skipped with a
@@ -22,7 +32,9 @@ Rules, in the order they are applied:
   padding never takes disk; the hash is that of the stored bytes.
 - With an `Allowance` (per-user quota, free-space floor), members are stored in archive
   order until one does not fit; it and every later member are skipped with the stop's
-  reason ("quota exceeded"), and `ExtractResult.stopped_by` names the setting.
+  reason ("quota exceeded"), and `stopped_by` names the setting.
+- An image, once handed out by `images()`, belongs to the caller (who removes it if it is
+  not kept); a member being stored when an error escapes leaves no partial file.
 
 Names keep unicode letters and digits, `-`, `_`, `.` and space; anything else becomes `_`,
 and names are capped at 150 UTF-8 bytes. The extension is the original one lowercased when
@@ -41,7 +53,7 @@ import unicodedata
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, BinaryIO
@@ -80,6 +92,7 @@ class ExtractedImage:
     original_name: str
     sha256: str
     format: ImageFormat
+    size: int  # bytes stored (after trimming), as charged to the quota
 
 
 @dataclass(frozen=True)
@@ -102,64 +115,112 @@ class _SkipMember(Exception):
     """Internal: this member is skipped with the given reason."""
 
 
+class ZipExtraction:
+    """One archive, refused or accepted as a whole when opened; `images()` then stores it.
+
+    Construct it (or use it as a context manager, which closes the archive) to run every
+    whole-archive check; iterate `images()` once to store the images in archive order.
+    While and after iterating, `skipped`, `stopped_by` and `stop_reason` say what was left
+    out and why, and `members_left` how many members are still to be read.
+    """
+
+    def __init__(
+        self,
+        zip_path: Path | BinaryIO,
+        dest_dir: Path,
+        limits: LimitSettings,
+        allowance: Allowance | None = None,
+    ) -> None:
+        survey = survey_zip(zip_path, limits.max_zip_members)
+        if survey.members == 0:
+            raise InvalidUpload("the ZIP archive is empty")
+        archive = _open_zip(zip_path)
+        try:
+            infos = archive.infolist()
+            check_declared_limits(infos, limits, survey.archive_bytes)
+        except BaseException:
+            archive.close()
+            raise
+        self._archive = archive
+        self._infos = infos
+        self._dest_dir = dest_dir
+        self._limits = limits
+        self._allowance = allowance
+        self._budget = _Budget(limits, survey.archive_bytes)
+        self._started = False
+        self.members_left = len(infos)
+        self.skipped: list[SkippedMember] = []
+        self.stopped_by: str | None = None  # the quota or floor setting that stopped it
+        self.stop_reason = ""
+
+    def __enter__(self) -> ZipExtraction:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._archive.close()
+
+    def images(self) -> Iterator[ExtractedImage]:
+        """Store the archive's images one by one, handing out each as soon as it is stored."""
+        if self._started:
+            raise RuntimeError("a ZipExtraction is iterated once")
+        self._started = True
+        self._dest_dir.mkdir(parents=True, exist_ok=True)
+        for info in self._infos:
+            image = self._extract_one(info)
+            self.members_left -= 1
+            if image is not None:
+                yield image
+
+    def _extract_one(self, info: zipfile.ZipInfo) -> ExtractedImage | None:
+        name = member_name(info)
+        try:
+            if self.stopped_by is not None:
+                self._skip_after_stop(info, name)
+                return None
+            return _extract_member(
+                self._archive, info, name, self._dest_dir, self._limits, self._budget,
+                self._allowance,
+            )  # fmt: skip
+        except _SkipMember as skip:
+            self.skipped.append(SkippedMember(name, str(skip)))
+        except UploadStopped as stop:
+            self.stopped_by, self.stop_reason = stop.setting, stop.reason
+            self.skipped.append(SkippedMember(name, stop.reason))
+        return None
+
+    def _skip_after_stop(self, info: zipfile.ZipInfo, name: str) -> None:
+        """After a quota stop: list the member (unless it is junk) without reading it."""
+        if info.is_dir() or _is_junk(name):
+            return
+        _refuse_unsafe(info, name)
+        self.skipped.append(SkippedMember(name, self.stop_reason))
+
+
 def extract_images(
     zip_path: Path | BinaryIO,
     dest_dir: Path,
     limits: LimitSettings,
     allowance: Allowance | None = None,
 ) -> ExtractResult:
-    """Extract every acceptable image in `zip_path` into `dest_dir` (see module rules)."""
-    survey = survey_zip(zip_path, limits.max_zip_members)
-    if survey.members == 0:
-        raise InvalidUpload("the ZIP archive is empty")
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    """Extract every acceptable image in `zip_path` into `dest_dir` (see module rules).
+
+    On an error nothing is left behind: the images already stored are removed.
+    """
     result = ExtractResult()
-    try:
-        with _open_zip(zip_path) as archive:
-            infos = archive.infolist()
-            check_declared_limits(infos, limits, survey.archive_bytes)
-            budget = _Budget(limits, survey.archive_bytes)
-            for info in infos:
-                _extract_one(archive, info, dest_dir, limits, budget, allowance, result)
-    except BaseException:
-        for image in result.images:
-            image.path.unlink(missing_ok=True)
-        raise
+    with ZipExtraction(zip_path, dest_dir, limits, allowance) as extraction:
+        try:
+            for image in extraction.images():
+                result.images.append(image)
+        except BaseException:
+            for image in result.images:
+                image.path.unlink(missing_ok=True)
+            raise
+    result.skipped = extraction.skipped
+    result.stopped_by, result.stop_reason = extraction.stopped_by, extraction.stop_reason
     return result
-
-
-def _extract_one(
-    archive: zipfile.ZipFile,
-    info: zipfile.ZipInfo,
-    dest_dir: Path,
-    limits: LimitSettings,
-    budget: _Budget,
-    allowance: Allowance | None,
-    result: ExtractResult,
-) -> None:
-    name = member_name(info)
-    try:
-        if result.stopped_by is not None:
-            _skip_after_stop(info, name, result)
-            return
-        image = _extract_member(archive, info, name, dest_dir, limits, budget, allowance)
-    except _SkipMember as skip:
-        result.skipped.append(SkippedMember(name, str(skip)))
-        return
-    except UploadStopped as stop:
-        result.stopped_by, result.stop_reason = stop.setting, stop.reason
-        result.skipped.append(SkippedMember(name, stop.reason))
-        return
-    if image is not None:
-        result.images.append(image)
-
-
-def _skip_after_stop(info: zipfile.ZipInfo, name: str, result: ExtractResult) -> None:
-    """After a quota stop: list the member (unless it is junk) without reading it."""
-    if info.is_dir() or _is_junk(name):
-        return
-    _refuse_unsafe(info, name)
-    result.skipped.append(SkippedMember(name, result.stop_reason))
 
 
 def _open_zip(zip_path: Path | BinaryIO) -> zipfile.ZipFile:
@@ -268,8 +329,8 @@ def _extract_member(
     except InvalidUpload as exc:
         raise _SkipMember(str(exc)) from exc
     except LimitExceeded as exc:
-        if exc.limit != "max_image_pixels":
-            raise  # an archive-wide limit: the whole upload is refused
+        # Pixels, or (only if headers lied past zipfile's own checks) an expansion limit:
+        # the archive as a whole was accepted when opened, so only this member goes.
         raise _SkipMember(str(exc)) from exc
     budget.used += info.file_size
     return image
@@ -309,13 +370,14 @@ def _store(
         if trim_after_end(partial, fmt):
             digest = _hash_file(partial)
         validate_image_file(partial, limits.max_image_pixels, what="the image")
+        size = partial.stat().st_size
         if allowance is not None:
-            allowance.charge(partial.stat().st_size, digest)
+            allowance.charge(size, digest)
         final = claim_unique_path(dest_dir, safe_stem(PurePosixPath(name).stem), _ext(name, fmt))
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
-    return ExtractedImage(final, name, digest, fmt)
+    return ExtractedImage(final, name, digest, fmt, size)
 
 
 def _copy(handle: IO[bytes], head: bytes, out_path: Path, check: Callable[[int], None]) -> str:

@@ -13,8 +13,10 @@ import pytest
 
 from lumen.config import LimitSettings
 from lumen.errors import InvalidUpload, LimitExceeded
+from lumen.ingest import archive as archive_module
 from lumen.ingest.archive import (
     ExtractResult,
+    ZipExtraction,
     claim_unique_path,
     extract_images,
     safe_stem,
@@ -521,3 +523,72 @@ def test_a_member_crossing_the_byte_quota_is_removed_after_being_measured(
     assert _reasons(result) == {"big.jpg": "quota exceeded", "tiny.jpg": "quota exceeded"}
     assert result.stopped_by == "user_max_bytes"
     assert [p.name for p in _all_files(user_dir)] == ["small.jpg"]
+
+
+# ---- ZipExtraction: refused as a whole when opened, then images one at a time ---------
+
+
+def test_images_are_handed_out_before_the_rest_of_the_archive_is_read(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(make_zip({f"{i}.jpg": make_jpeg((i, i, i)) for i in range(3)}))
+    with ZipExtraction(upload, user_dir, LIMITS) as extraction:
+        images = extraction.images()
+        first = next(images)
+        assert first.original_name == "0.jpg"
+        assert first.size == first.path.stat().st_size
+        assert extraction.members_left == 2
+        assert [p.name for p in _all_files(user_dir)] == ["0.jpg"]
+        assert [image.original_name for image in images] == ["1.jpg", "2.jpg"]
+        assert extraction.members_left == 0
+
+
+def test_every_whole_archive_refusal_comes_when_the_archive_is_opened(
+    tmp_path: Path, user_dir: Path
+) -> None:
+    """The bomb is the last member: opening refuses it before a single image is stored."""
+    members = {f"{i}.jpg": make_jpeg((i, i, i)) for i in range(3)}
+    members["padded.jpg"] = _padded_jpeg(1, 256 * 1024)
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(make_zip(members))
+    with pytest.raises(LimitExceeded) as caught:
+        ZipExtraction(upload, user_dir, LIMITS)
+    assert caught.value.limit == "max_compression_ratio"
+    assert not user_dir.exists()
+
+
+@pytest.mark.parametrize("case", HOSTILE_ZIPS, ids=lambda case: case.name)
+def test_a_refused_hostile_archive_is_refused_on_opening(
+    tmp_path: Path, user_dir: Path, case: HostileCase
+) -> None:
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(case.build())
+    if case.outcome == "partial":
+        with ZipExtraction(upload, user_dir, LIMITS) as extraction:
+            assert [image.path.name for image in extraction.images()] == ["good.jpg"]
+        return
+    with pytest.raises((InvalidUpload, LimitExceeded)):
+        ZipExtraction(upload, user_dir, LIMITS)
+
+
+def test_an_expansion_limit_tripped_only_while_decompressing_skips_that_member(
+    tmp_path: Path, user_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stands in for headers lying past zipfile's own checks: with the directory check
+    switched off, the bomb is found in its bytes, after images were already handed out."""
+    monkeypatch.setattr(archive_module, "check_declared_limits", lambda *_args: None)
+    members = {"a.jpg": make_jpeg(), "padded.jpg": _padded_jpeg(1, 256 * 1024)}
+    members["b.jpg"] = make_jpeg((1, 2, 3))
+    result = _extract(tmp_path, make_zip(members), user_dir)
+    assert _names(result) == ["a.jpg", "b.jpg"]
+    assert "looks like a ZIP bomb" in _reasons(result)["padded.jpg"]
+
+
+def test_an_extraction_is_iterated_once(tmp_path: Path, user_dir: Path) -> None:
+    upload = tmp_path / "u.zip"
+    upload.write_bytes(make_zip({"a.jpg": make_jpeg()}))
+    with ZipExtraction(upload, user_dir, LIMITS) as extraction:
+        list(extraction.images())
+        with pytest.raises(RuntimeError):
+            list(extraction.images())

@@ -1,14 +1,16 @@
-"""UploadService through an in-memory queue: dedupe, skipped members, quotas, the disk floor."""
+"""UploadService through an in-memory queue: dedupe, skipped members, quotas, the disk floor,
+and ZIPs queued in chunks while they are still being extracted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from lumen.config import LimitSettings, Settings
-from lumen.errors import InsufficientStorage, QuotaExceeded
+from lumen.config import LimitSettings, QueueSettings, Settings
+from lumen.errors import InsufficientStorage, LimitExceeded, QuotaExceeded
 from lumen.storage.queue import EnqueueResult, NewItem
 from lumen.uploads import UploadService
 from tests.support.hostile import make_jpeg, make_pdf, make_png, make_zip
@@ -29,9 +31,16 @@ class FakeQueue:
 
     items: dict[str, dict[str, NewItem]] = field(default_factory=dict)
     broken: bool = False
+    calls: list[list[str]] = field(default_factory=list)  # the item names of every call
+    fail_at_call: int = 0  # 1-based; 0: never
+    watch: Callable[[], object] | None = None  # looked at on every call, kept in `seen`
+    seen: list[object] = field(default_factory=list)
 
     def enqueue(self, user: str, items: list[NewItem]) -> EnqueueResult:
-        if self.broken:
+        self.calls.append([it.item for it in items])
+        if self.watch is not None:
+            self.seen.append(self.watch())
+        if self.broken or len(self.calls) == self.fail_at_call:
             raise ConnectionError("redis is down")
         space = self.items.setdefault(user, {})
         by_hash = {it.sha256: name for name, it in space.items()}
@@ -62,12 +71,25 @@ class FakeDisk:
         return self.capacity - used
 
 
+NEVER_S = 1e9  # a flush interval no test reaches: chunks are cut by size alone
+
+
 def _service(
-    tmp_path: Path, queue: FakeQueue | None = None, free: int = PLENTY, **limits: int
+    tmp_path: Path,
+    queue: FakeQueue | None = None,
+    free: int = PLENTY,
+    chunk: int = 32,
+    flush_s: float = NEVER_S,
+    clock: Callable[[], float] = lambda: 0.0,
+    **limits: int,
 ) -> tuple[UploadService, FakeQueue]:
-    settings = Settings(data_dir=tmp_path / "data", limits=LimitSettings(**limits))
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        limits=LimitSettings(**limits),
+        queue=QueueSettings(enqueue_chunk=chunk, enqueue_flush_s=flush_s),
+    )
     queue = queue or FakeQueue()
-    return UploadService(settings, queue, disk_free=lambda _path: free), queue
+    return UploadService(settings, queue, disk_free=lambda _path: free, clock=clock), queue
 
 
 def _zip(tmp_path: Path, members: dict[str, bytes]) -> Path:
@@ -257,3 +279,176 @@ def test_usage_reports_bytes_and_items_against_the_quota(tmp_path: Path) -> None
     assert report.items == 2
     assert report.bytes == sum(p.stat().st_size for p in (tmp_path / "data").rglob("*.jpg"))
     assert (report.max_bytes, report.max_items) == (10**9, 50)
+
+
+# ---- a ZIP is queued in chunks while it is still being extracted --------------------
+
+
+def _watching(tmp_path: Path, **kwargs: int) -> FakeQueue:
+    """A queue that notes which files are on disk whenever it is called."""
+    return FakeQueue(watch=lambda: _stored(tmp_path), **kwargs)
+
+
+def _items(count: int) -> list[str]:
+    return [f"uploads/alice/{i}.jpg" for i in range(count)]
+
+
+def test_chunks_are_queued_while_the_archive_is_still_being_extracted(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path, queue=_watching(tmp_path), chunk=2)
+    outcome = service.ingest_zip(USER, _zip(tmp_path, _images(5)))
+    assert queue.calls == [_items(2), _items(4)[2:], _items(5)[4:]]
+    # when the first chunk was queued, the last three members were not extracted yet
+    assert queue.seen[0] == ["0.jpg", "1.jpg"]
+    assert queue.seen[1] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    assert outcome.queued == _items(5)
+    assert outcome.message == "Uploaded and queued 5 images."
+
+
+def _mixed_archive() -> dict[str, bytes]:
+    """Skipped members, content repeated across chunks, and a quota crossed near the end."""
+    images = _images(6)
+    return {
+        "0.jpg": images["0.jpg"],
+        "notes.jpg": b"just text",
+        "1.jpg": images["1.jpg"],
+        "again.jpg": images["0.jpg"],
+        "../evil.jpg": images["2.jpg"],
+        "old.jpg": make_png(),  # already in the space before this upload
+        "3.jpg": images["3.jpg"],
+        "4.jpg": images["4.jpg"],
+        "5.jpg": images["5.jpg"],
+    }
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_the_chunked_response_is_the_one_shot_response(tmp_path: Path, chunk: int) -> None:
+    outcomes, spaces, files = [], [], []
+    for size, where in ((1000, tmp_path / "one"), (chunk, tmp_path / "chunked")):
+        where.mkdir()
+        service, queue = _service(where, chunk=size, user_max_items=5)
+        service.ingest_zip(USER, _zip(where, {"first.png": make_png()}))
+        outcomes.append(service.ingest_zip(USER, _zip(where, _mixed_archive())))
+        spaces.append({name: it.sha256 for name, it in queue.items[USER].items()})
+        files.append(_stored(where))
+    one, chunked = outcomes
+    assert len(queue.calls) > 2  # the second upload really went in several chunks
+    assert chunked == one
+    assert one.queued == ["uploads/alice/0.jpg", "uploads/alice/1.jpg", "uploads/alice/3.jpg"]
+    assert one.duplicates == {
+        "uploads/alice/again.jpg": "uploads/alice/0.jpg",
+        "uploads/alice/old.png": "uploads/alice/first.png",
+    }
+    assert set(one.skipped) == {"notes.jpg", "../evil.jpg", "4.jpg", "5.jpg"}
+    assert "2 more were not stored" in one.message
+    assert spaces[0] == spaces[1]
+    assert files[0] == files[1] == ["0.jpg", "1.jpg", "3.jpg", "first.png"]
+
+
+def test_content_repeated_in_a_later_chunk_is_a_duplicate_and_its_copy_removed(
+    tmp_path: Path,
+) -> None:
+    jpeg = make_jpeg()
+    service, queue = _service(tmp_path, chunk=1)
+    members = {"a.jpg": jpeg, "b.png": make_png(), "c.jpg": jpeg}
+    outcome = service.ingest_zip(USER, _zip(tmp_path, members))
+    assert len(queue.calls) == 3
+    assert outcome.queued == ["uploads/alice/a.jpg", "uploads/alice/b.png"]
+    assert outcome.duplicates == {"uploads/alice/c.jpg": "uploads/alice/a.jpg"}
+    assert _stored(tmp_path) == ["a.jpg", "b.png"]
+
+
+def test_a_quota_crossed_midway_keeps_the_chunks_already_queued(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path, chunk=2, user_max_items=3)
+    outcome = service.ingest_zip(USER, _zip(tmp_path, _images(5)))
+    assert queue.calls == [_items(2), _items(3)[2:]]
+    assert outcome.queued == _items(3)
+    assert outcome.skipped == {"3.jpg": "quota exceeded", "4.jpg": "quota exceeded"}
+    assert "2 more were not stored" in outcome.message
+    assert queue.usage(USER).items == 3
+    assert _stored(tmp_path) == ["0.jpg", "1.jpg", "2.jpg"]
+
+
+def test_a_bomb_in_the_last_member_is_refused_before_any_chunk_is_queued(tmp_path: Path) -> None:
+    members = _images(4)
+    members["padded.jpg"] = make_jpeg((9, 9, 9)).ljust(256 * 1024, b"\0")
+    service, queue = _service(tmp_path, chunk=1)
+    with pytest.raises(LimitExceeded) as caught:
+        service.ingest_zip(USER, _zip(tmp_path, members))
+    assert caught.value.limit == "max_compression_ratio"
+    assert queue.calls == []
+    assert _stored(tmp_path) == []
+
+
+def test_a_queue_failing_midway_keeps_earlier_chunks_and_removes_the_rest(
+    tmp_path: Path,
+) -> None:
+    service, queue = _service(tmp_path, queue=FakeQueue(fail_at_call=2), chunk=2)
+    with pytest.raises(ConnectionError):
+        service.ingest_zip(USER, _zip(tmp_path, _images(5)))
+    assert list(queue.items[USER]) == _items(2)
+    assert _stored(tmp_path) == ["0.jpg", "1.jpg"]  # 2 and 3 removed, 4 never extracted
+
+
+def test_an_extraction_failing_midway_removes_the_images_not_yet_queued(tmp_path: Path) -> None:
+    calls = []
+
+    def failing_disk(_path: Path) -> int:
+        calls.append(1)
+        if len(calls) == 5:  # the upload's start, members 0-2, then member 3's check fails
+            raise OSError("the disk went away")
+        return PLENTY
+
+    settings = Settings(
+        data_dir=tmp_path / "data", queue=QueueSettings(enqueue_chunk=2, enqueue_flush_s=NEVER_S)
+    )
+    queue = FakeQueue()
+    service = UploadService(settings, queue, disk_free=failing_disk)
+    with pytest.raises(OSError, match="went away"):
+        service.ingest_zip(USER, _zip(tmp_path, _images(5)))
+    assert list(queue.items[USER]) == _items(2)
+    assert _stored(tmp_path) == ["0.jpg", "1.jpg"]
+
+
+def test_a_chunk_goes_once_its_first_image_has_waited_the_flush_interval(
+    tmp_path: Path,
+) -> None:
+    ticks = iter(0.3 * n for n in range(100))  # each stored image takes 0.3 s
+    service, queue = _service(tmp_path, chunk=100, flush_s=0.5, clock=lambda: next(ticks))
+    service.ingest_zip(USER, _zip(tmp_path, _images(5)))
+    assert queue.calls == [_items(3), _items(5)[3:]]
+
+
+def test_on_chunk_hears_what_each_chunk_queued_while_extraction_goes_on(tmp_path: Path) -> None:
+    heard: list[tuple[list[str], list[str]]] = []
+
+    def hook(items: list[str]) -> None:
+        heard.append((items, _stored(tmp_path)))
+
+    jpeg = make_jpeg()
+    members = {"0.jpg": jpeg, "1.png": make_png(), "2.jpg": jpeg, "3.jpg": jpeg}
+    members["4.jpg"] = make_jpeg((1, 2, 3))
+    service, _ = _service(tmp_path, chunk=2)
+    service.ingest_zip(USER, _zip(tmp_path, members), on_chunk=hook)
+    # [2, 3] queued nothing (both repeat 0.jpg), so the hook is not called for that chunk
+    assert heard == [
+        (["uploads/alice/0.jpg", "uploads/alice/1.png"], ["0.jpg", "1.png"]),
+        (["uploads/alice/4.jpg"], ["0.jpg", "1.png", "4.jpg"]),
+    ]
+
+
+def test_a_failing_on_chunk_hook_never_fails_the_upload(tmp_path: Path) -> None:
+    def broken(_items: list[str]) -> None:
+        raise RuntimeError("the dispatcher is gone")
+
+    service, queue = _service(tmp_path, chunk=2)
+    outcome = service.ingest_zip(USER, _zip(tmp_path, _images(3)), on_chunk=broken)
+    assert outcome.queued == _items(3)
+    assert len(queue.calls) == 2
+
+
+def test_a_pdf_tells_on_chunk_what_it_queued(tmp_path: Path) -> None:
+    heard: list[list[str]] = []
+    service, _ = _service(tmp_path)
+    outcome = service.ingest_pdf(USER, _pdf(tmp_path, ["one", "two"]), "d.pdf", heard.append)
+    assert heard == [outcome.queued]
+    assert len(outcome.queued) == 2
