@@ -66,6 +66,7 @@ async def get_stream_grant(
 
 CurrentUser = Annotated[str, Depends(get_current_user)]
 bearer_token = Annotated[str, Depends(_bearer)]
+MaybeBearer = Annotated[str | None, Depends(_bearer)]
 StreamAuth = Annotated[StreamGrant, Depends(get_stream_grant)]
 
 

@@ -82,14 +82,30 @@ class Embedder:
 
         Each item is decoded on a thread and then joins whatever `@serve.batch` is forming,
         so chunks from several users share forward passes while the next chunk decodes.
+        With a GPU the chunk's JPEGs decode there together first (the core decides per item).
         """
         self._ensure_heartbeat()
+        if self.core.batch_decoder is not None:
+            decoded = await asyncio.to_thread(self.core.decode_many, user, items)
+            pairs = zip(items, decoded, strict=True)
+            return list(await asyncio.gather(*(self._embed_decoded(user, *p) for p in pairs)))
         return list(await asyncio.gather(*(self._embed_one(user, item) for item in items)))
 
     async def _embed_one(self, user: str, item: str) -> EmbedResult:
         try:
             tensor = await asyncio.to_thread(self.core.decode, user, item)
             vector, caption = await self._embed_batch(tensor, (user, item))
+        except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
+            return self.core.failure(user, item, exc)
+        return self.core.result(user, item, vector, caption)
+
+    async def _embed_decoded(
+        self, user: str, item: str, decoded: torch.Tensor | Exception
+    ) -> EmbedResult:
+        if isinstance(decoded, Exception):
+            return self.core.failure(user, item, decoded)
+        try:
+            vector, caption = await self._embed_batch(decoded, (user, item))
         except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
             return self.core.failure(user, item, exc)
         return self.core.result(user, item, vector, caption)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from deployments.deps import AUTH_ERRORS, CurrentUser, Svc, get_current_user
+from deployments.deps import AUTH_ERRORS, CurrentUser, MaybeBearer, Svc, get_current_user
 from deployments.schemas import PageResult, PdfSearchResponse, SearchResponse, SearchResult
 from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded, NotFound
@@ -104,7 +104,7 @@ async def search_pdf(
 
 
 @router.get("/image/{path:path}", responses={404: {"description": "Image not found"}})
-async def image(path: str, request: Request, svc: Svc) -> Response:
+async def image(path: str, request: Request, svc: Svc, bearer: MaybeBearer) -> Response:
     """One of the caller's own images (HEIC converted to JPEG).
 
     Auth: the signed link a search result gives (`?u=&exp=&sig=`, one image, expiring), or
@@ -113,7 +113,7 @@ async def image(path: str, request: Request, svc: Svc) -> Response:
     if "sig" in request.query_params:
         user = svc.links.verify_query(path, request.query_params)
     else:
-        user = await get_current_user(svc, _bearer_of(request))
+        user = await get_current_user(svc, bearer)
     file = resolve_item(svc.settings.data_dir, user, path)
     if not file.is_file():
         raise NotFound("Image not found")
@@ -126,8 +126,3 @@ async def image(path: str, request: Request, svc: Svc) -> Response:
     return Response(
         content=data, media_type=mime, headers={"Cache-Control": "private, max-age=3600"}
     )
-
-
-def _bearer_of(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
