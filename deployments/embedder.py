@@ -46,9 +46,8 @@ class Embedder:
             self.max_batch_size = int(config["max_batch_size"])
             self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))
             self._text_batch.set_max_batch_size(int(config["max_batch_size"]))
-        if "batch_wait_timeout_s" in config:
+        if "batch_wait_timeout_s" in config:  # images only: a text query never waits to batch
             self._embed_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
-            self._text_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
     def _beat(self) -> None:
         with contextlib.suppress(Exception):
