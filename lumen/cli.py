@@ -222,8 +222,11 @@ def follow(client: LumenClient, items: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def print_errors(st: dict[str, Any]) -> None:
-    for item, why in (st.get("errors") or {}).items():
+    errors = st.get("errors") or {}
+    for item, why in errors.items():
         print(f"  error  {item}: {why}")
+    if errors:
+        print("  (`lumen retry ITEM` or `--all` queues failed items again; `lumen delete ITEM`)")
 
 
 def cmd_status(client: LumenClient, args: argparse.Namespace) -> int:
@@ -260,6 +263,43 @@ def cmd_done(client: LumenClient, args: argparse.Namespace) -> int:
 def cmd_delete(client: LumenClient, args: argparse.Namespace) -> int:
     print(client.delete(args.item))
     return 0
+
+
+# A retry refused for one item (it has not failed, or is unknown) is reported and the
+# others still go; any other error (401, 429, 5xx) stops the command as usual.
+ITEM_REFUSALS = frozenset({404, 409})
+
+
+def cmd_retry(client: LumenClient, args: argparse.Namespace) -> int:
+    if args.all == bool(args.items):
+        raise ClientError("give the failed ITEMs to retry, or --all (not both)")
+    if args.all:
+        answer = client.retry_all()
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            print(answer.get("message", ""))
+            for item in answer.get("requeued", []):
+                print(f"  requeued  {item}")
+        return 0
+    requeued: list[str] = []
+    refused: dict[str, dict[str, Any]] = {}
+    for item in args.items:
+        try:
+            answer = client.retry(item)
+        except ApiError as exc:
+            if exc.status not in ITEM_REFUSALS:
+                raise
+            refused[item] = {"status": exc.status, "code": exc.code, "detail": exc.detail}
+            if not args.json:
+                print(f"error: {item}: {exc.detail} (HTTP {exc.status})", file=sys.stderr)
+            continue
+        requeued.extend(answer.get("requeued", []))
+        if not args.json:
+            print(answer.get("message", ""))
+    if args.json:
+        print(json.dumps({"requeued": requeued, "refused": refused}, indent=2))
+    return 2 if refused else 0
 
 
 def cmd_reset(client: LumenClient, args: argparse.Namespace) -> int:
@@ -380,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-upload", action="store_true", help="ask the PDFs already indexed")
     p.add_argument("-k", type=int, default=1)
     add("done", cmd_done, "list processed items")
-    add("delete", cmd_delete, "remove a waiting item from the queue").add_argument("item")
+    add("delete", cmd_delete, "remove a waiting or failed item and its file").add_argument("item")
+    p = add("retry", cmd_retry, "queue failed items again, each with a fresh retry budget")
+    p.add_argument("items", nargs="*", metavar="ITEM", help="failed items (see `lumen status`)")
+    p.add_argument("--all", action="store_true", help="every failed item")
+    p.add_argument("--json", action="store_true")
     add("reset", cmd_reset, "delete all your data").add_argument("--yes", action="store_true")
     add("workers", cmd_workers, "show embedding workers")
     add("events", cmd_events, "show recent system events")

@@ -279,7 +279,17 @@ class LumenClient:
         return list(self._call("GET", "/done")["done_images"])
 
     def delete(self, item: str) -> str:
+        """Remove a waiting or failed item (and its file); the service's message."""
         return str(self._call("DELETE", f"/queue/{quote(item, safe='/')}")["message"])
+
+    def retry(self, item: str) -> dict[str, Any]:
+        """Queue one failed item again with a fresh retry budget: `{"message", "requeued"}`;
+        ApiError 409 (`conflict`) when it has not failed, 404 when it is unknown."""
+        return dict(self._call("POST", f"/queue/{quote(item, safe='/')}/retry"))
+
+    def retry_all(self) -> dict[str, Any]:
+        """Queue every failed item again: `{"message", "requeued": [items]}`."""
+        return dict(self._call("POST", "/queue/retry-errors"))
 
     def reset(self) -> str:
         return str(self._call("POST", "/reset")["message"])

@@ -518,3 +518,117 @@ def test_status_follow_gives_up_when_every_stream_ends_at_once(capsys: Any) -> N
     assert run(["status", "--follow"], fake.client()) == 2
     assert len(fake.requests) == 4
     assert "error: account reset" in capsys.readouterr().err
+
+
+# --- retry and delete of failed items --------------------------------------------------
+
+
+def retried(*items: str) -> httpx.Response:
+    return httpx.Response(200, json={"message": f"Requeued {len(items)}.", "requeued": list(items)})
+
+
+def conflict(detail: str = "the item has not failed") -> httpx.Response:
+    return httpx.Response(409, json={"detail": detail, "code": "conflict"})
+
+
+def test_client_retry_posts_to_the_items_url_encoded_retry_route() -> None:
+    item = "uploads/ann/my photo#1.jpg"
+    fake = FakeLumen({("POST", f"/queue/{item}/retry"): retried(item)})
+    assert fake.client().retry(item) == {"message": "Requeued 1.", "requeued": [item]}
+    request = fake.requests[0]
+    assert request.url.raw_path == b"/queue/uploads/ann/my%20photo%231.jpg/retry"
+    assert request.headers["authorization"] == "Bearer tok"
+
+
+def test_client_retry_all_posts_to_retry_errors_and_returns_the_answer() -> None:
+    fake = FakeLumen({("POST", "/queue/retry-errors"): retried("a.jpg", "b.jpg")})
+    assert fake.client().retry_all()["requeued"] == ["a.jpg", "b.jpg"]
+    assert [(r.method, r.url.path) for r in fake.requests] == [("POST", "/queue/retry-errors")]
+
+
+def test_retry_prints_the_services_message_for_each_item(capsys: Any) -> None:
+    fake = FakeLumen(
+        {
+            ("POST", "/queue/uploads/ann/a.jpg/retry"): retried("uploads/ann/a.jpg"),
+            ("POST", "/queue/uploads/ann/b.jpg/retry"): retried("uploads/ann/b.jpg"),
+        }
+    )
+    assert run(["retry", "uploads/ann/a.jpg", "uploads/ann/b.jpg"], fake.client()) == 0
+    assert [r.url.path for r in fake.requests] == [
+        "/queue/uploads/ann/a.jpg/retry",
+        "/queue/uploads/ann/b.jpg/retry",
+    ]
+    assert capsys.readouterr().out == "Requeued 1.\nRequeued 1.\n"
+
+
+def test_retry_reports_an_item_that_has_not_failed_and_still_retries_the_others(
+    capsys: Any,
+) -> None:
+    fake = FakeLumen(
+        {
+            ("POST", "/queue/done.jpg/retry"): conflict("done.jpg has not failed"),
+            ("POST", "/queue/bad.jpg/retry"): retried("bad.jpg"),
+        }
+    )
+    assert run(["retry", "done.jpg", "bad.jpg"], fake.client()) == 2
+    assert len(fake.requests) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: done.jpg: done.jpg has not failed (HTTP 409)\n"
+    assert captured.out == "Requeued 1.\n"
+
+
+def test_retry_json_lists_what_was_requeued_and_what_was_refused(capsys: Any) -> None:
+    fake = FakeLumen({("POST", "/queue/bad.jpg/retry"): retried("bad.jpg")})
+    assert run(["retry", "bad.jpg", "ghost.jpg", "--json"], fake.client()) == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "requeued": ["bad.jpg"],
+        "refused": {"ghost.jpg": {"status": 404, "code": None, "detail": "Not Found"}},
+    }
+
+
+def test_retry_stops_at_an_error_that_is_not_about_the_item(capsys: Any) -> None:
+    expired = httpx.Response(401, json={"detail": "not authenticated"})
+    fake = FakeLumen({("POST", "/queue/a.jpg/retry"): expired})
+    assert run(["retry", "a.jpg", "b.jpg"], fake.client()) == 2
+    assert len(fake.requests) == 1
+    assert "lumen login" in capsys.readouterr().err
+
+
+def test_retry_all_lists_every_requeued_item(capsys: Any) -> None:
+    fake = FakeLumen({("POST", "/queue/retry-errors"): retried("a.jpg", "b.jpg")})
+    assert run(["retry", "--all"], fake.client()) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "Requeued 2.",
+        "  requeued  a.jpg",
+        "  requeued  b.jpg",
+    ]
+
+
+def test_retry_all_json_prints_the_services_answer(capsys: Any) -> None:
+    fake = FakeLumen({("POST", "/queue/retry-errors"): retried()})
+    assert run(["retry", "--all", "--json"], fake.client()) == 0
+    assert json.loads(capsys.readouterr().out) == {"message": "Requeued 0.", "requeued": []}
+
+
+@pytest.mark.parametrize("argv", [["retry"], ["retry", "a.jpg", "--all"]])
+def test_retry_needs_either_items_or_all_before_any_request(argv: list[str], capsys: Any) -> None:
+    fake = FakeLumen({})
+    assert run(argv, fake.client()) == 2
+    assert fake.requests == [] and "--all" in capsys.readouterr().err
+
+
+def test_status_with_errors_says_how_to_retry_or_delete_them(capsys: Any) -> None:
+    fake = FakeLumen({("GET", "/status"): sse(status(errors={"bad.jpg": "cannot decode"}))})
+    assert run(["status"], fake.client()) == 0
+    out = capsys.readouterr().out
+    assert "lumen retry ITEM" in out and "lumen delete ITEM" in out
+    fake = FakeLumen({("GET", "/status"): sse(status(done=1))})
+    assert run(["status"], fake.client()) == 0
+    assert "lumen retry" not in capsys.readouterr().out
+
+
+def test_deleting_a_failed_item_prints_the_services_message(capsys: Any) -> None:
+    answer = httpx.Response(200, json={"message": "Removed 1 occurrence(s) of bad.jpg from queue."})
+    fake = FakeLumen({("DELETE", "/queue/bad.jpg"): answer})
+    assert run(["delete", "bad.jpg"], fake.client()) == 0
+    assert capsys.readouterr().out == "Removed 1 occurrence(s) of bad.jpg from queue.\n"
