@@ -117,10 +117,17 @@ class Supervisor:
     def __init__(self, handles: ActorHandles) -> None:
         self.handles = handles
         self.task: asyncio.Task[None] | None = None
+        self.kicks: set[asyncio.Task[None]] = set()
 
     def ensure_started(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._watch())
+
+    def kick_soon(self, user: str) -> None:
+        """`kick` without waiting for it (from a callback on the loop); the task is kept."""
+        task = asyncio.get_running_loop().create_task(self.kick(user))
+        self.kicks.add(task)
+        task.add_done_callback(self.kicks.discard)
 
     async def kick(self, user: str) -> None:
         """Wake the user's dispatcher: work was queued (an upload, a retry)."""

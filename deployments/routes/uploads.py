@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -18,6 +19,7 @@ from deployments.services import Services
 from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded
 from lumen.executors import BoundedExecutor
+from lumen.uploads import ChunkHook
 
 router = APIRouter(tags=["uploads"], responses=AUTH_ERRORS)
 
@@ -64,8 +66,8 @@ async def upload_zip(
 ) -> UploadResponse:
     """Extract a ZIP of images into the caller's folder and queue each new image."""
 
-    def work() -> object:
-        return svc.uploads.ingest_zip(user, _checked(svc, zip_file))
+    def work(on_chunk: ChunkHook) -> object:
+        return svc.uploads.ingest_zip(user, _checked(svc, zip_file), on_chunk)
 
     return await _admitted(svc, user, work, svc.executors.blocking)
 
@@ -78,22 +80,28 @@ async def upload_pdf(
 ) -> UploadResponse:
     """Render a PDF's pages (or extract a ZIP's images) and queue them."""
 
-    def work() -> object:
+    def work(on_chunk: ChunkHook) -> object:
         handle = _checked(svc, upload_file)
         if svc.uploads.is_zip(handle):
-            return svc.uploads.ingest_zip(user, handle)
+            return svc.uploads.ingest_zip(user, handle, on_chunk)
         with _on_disk(svc, handle) as path:
-            return svc.uploads.ingest_pdf(user, path, upload_file.filename)
+            return svc.uploads.ingest_pdf(user, path, upload_file.filename, on_chunk)
 
     return await _admitted(svc, user, work, svc.executors.pdf)
 
 
 async def _admitted(
-    svc: Services, user: str, work: Callable[[], object], pool: BoundedExecutor
+    svc: Services, user: str, work: Callable[[ChunkHook], object], pool: BoundedExecutor
 ) -> UploadResponse:
-    """Run an upload within the user's upload slots on `pool`, then wake the dispatcher."""
+    """Run an upload within the user's upload slots on `pool`; each chunk it queues wakes
+    the dispatcher (embedding starts while the archive is still being extracted)."""
+    loop = asyncio.get_running_loop()
+
+    def on_chunk(_: list[str]) -> None:  # on the upload's thread
+        loop.call_soon_threadsafe(svc.supervisor.kick_soon, user)
+
     with svc.admission.admit(Work.UPLOAD, user):
-        out = await pool.run(work)
+        out = await pool.run(work, on_chunk)
     await svc.supervisor.kick(user)
     return UploadResponse.model_validate(out, from_attributes=True)
 
