@@ -34,6 +34,9 @@ class ModelSettings(BaseModel):
     # Where open_clip caches downloaded weights.
     cache_dir: str | None = None
     fp16_on_gpu: bool = True
+    # With the model on a GPU, decode baseline JPEGs there (nvJPEG, batched); Pillow decodes
+    # everything else. No effect without CUDA.
+    decode_on_gpu: bool = True
     caption_labels: int = 3
     # Benchmarks only (bench/control_plane.py): no decode, no model, made-up vectors. Refused
     # unless LUMEN_BENCHMARK_NULL_MODEL=i-am-benchmarking is in the environment too.

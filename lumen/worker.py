@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import psutil
@@ -15,10 +17,21 @@ from lumen.captions import Captioner
 from lumen.config import Settings
 from lumen.embedding import ClipModel
 from lumen.errors import LumenError
+from lumen.gpu_decode import (
+    BatchDecoder,
+    Decoded,
+    PreprocessSpec,
+    UnsupportedPreprocess,
+    gpu_decode_device,
+)
 from lumen.ingest.images import open_image
 from lumen.nullmodel import NullClip
 from lumen.paths import resolve_item
 from lumen.vectors import encode_vector
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,15 @@ MAX_FORWARD_FAILURES = 3
 class EmbedderCore:
     """Loads the model once; decodes on threads; embeds whole batches."""
 
-    def __init__(self, settings: Settings, worker_id: str, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str,
+        threads: int | None = None,
+        decode_device: str | None = None,
+    ) -> None:
+        """`decode_device` forces the batched JPEG decoder onto a device ("cpu" in tests and
+        bench dry runs); by default it runs where the model runs, if that is a CUDA GPU."""
         self.settings = settings
         self.worker_id = worker_id
         self.null = settings.model.benchmark_null
@@ -58,6 +79,30 @@ class EmbedderCore:
         self._proc.cpu_percent(None)
         self.forward_failures = 0
         self.last_forward_error: str | None = None
+        self.batch_decoder = self._batch_decoder(decode_device, threads)
+
+    def _batch_decoder(self, device: str | None, threads: int | None) -> BatchDecoder | None:
+        """The batched JPEG decoder, or None: every item decodes with Pillow, as on CPUs."""
+        if not isinstance(self.model, ClipModel):
+            return None
+        model = self.settings.model
+        device = device or gpu_decode_device(self.model.device, model.decode_on_gpu)
+        if device is None:
+            return None
+        try:  # the eval transform open_clip built with the model
+            spec = PreprocessSpec.from_transform(self.model._preprocess)
+        except UnsupportedPreprocess as exc:
+            log.warning("JPEGs decode with Pillow on the CPU: %s", exc)
+            return None
+        fp16 = device.startswith("cuda") and model.fp16_on_gpu  # as the model's own precision
+        return BatchDecoder(
+            spec,
+            device=device,
+            dtype=torch.float16 if fp16 else torch.float32,
+            max_pixels=self.settings.limits.max_image_pixels,
+            fallback=self.decode_bytes,
+            threads=threads,
+        )
 
     @property
     def model_id(self) -> str:
@@ -81,8 +126,27 @@ class EmbedderCore:
         img = open_image(data, max_pixels=limits.max_image_pixels, draft_size=self._draft)
         return self.model.preprocess_image(img)
 
+    def decode_many(self, user: str, items: list[str]) -> list[Decoded]:
+        """Decode a chunk: one tensor, or the exception that says why not, per item.
+
+        With a batch decoder, baseline JPEGs decode together on its device and the rest with
+        Pillow on its threads (sized to the replica's CPUs); without one, item by item.
+        """
+        if self.batch_decoder is None:
+            return [_attempt(self.decode, user, item) for item in items]
+        paths = [_attempt(resolve_item, self.settings.data_dir, user, item) for item in items]
+        found = [p for p in paths if not isinstance(p, Exception)]
+        decoded = iter(self.batch_decoder.decode(found))
+        return [p if isinstance(p, Exception) else next(decoded) for p in paths]
+
+    def _stack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if self.batch_decoder is not None:  # GPU-decoded and Pillow tensors share batches
+            dtype = self.batch_decoder.dtype
+            tensors = [t.to(self.model.device, dtype, non_blocking=True) for t in tensors]
+        return torch.stack(tensors)
+
     def embed_tensors(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str]]:
-        vectors = self.model.encode_image_tensors(torch.stack(tensors))
+        vectors = self.model.encode_image_tensors(self._stack(tensors))
         captions = self.captioner.caption(vectors, self.settings.model.caption_labels)
         return vectors, captions
 
@@ -143,3 +207,11 @@ class EmbedderCore:
             except Exception:  # noqa: BLE001 - pynvml missing on some images
                 pass
         return metrics
+
+
+def _attempt(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R | Exception:
+    """`fn(*args)`, or the exception it raised (reported per item, never for the chunk)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        return exc
