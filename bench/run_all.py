@@ -1,8 +1,8 @@
 """Run every benchmark with small defaults (`make bench`); each prints its own tables.
 
 Small: ingest 60 photos with the shipped 1-CPU Embedder, search at 1k and 100k, rebuild
-at 100k, fairness with 2,000 heavy items, sharing with `--quick`. docs/benchmarks.md lists
-the full-size commands (200 photos at 1 and 2 CPUs, 1M vectors, 10,000 heavy items) and
+at 100k, fairness with 2,000 heavy items, sharing with `--quick`, the control plane (null
+model) with `--quick`. docs/benchmarks.md lists the full-size commands (200 photos at 1 and 2 CPUs, 1M vectors, 10,000 heavy items) and
 their results.
 """
 
@@ -22,6 +22,7 @@ RUNS: list[list[str]] = [
     ["fairness.py", "--heavy", "2000", "--light", "20", "--per-light", "10"],
     ["sharing.py", "--quick"],
     ["durability.py", "--items", "5000"],
+    ["control_plane.py", "--quick"],
 ]
 
 
