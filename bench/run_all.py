@@ -2,8 +2,8 @@
 
 Small: ingest 60 photos with the shipped 1-CPU Embedder, search at 1k and 100k, rebuild
 at 100k, fairness with 2,000 heavy items, sharing with `--quick`, the control plane (null
-model) with `--quick`. docs/benchmarks.md lists the full-size commands (200 photos at 1 and 2 CPUs, 1M vectors, 10,000 heavy items) and
-their results.
+model) with `--quick`. docs/benchmarks.md lists the full-size commands (200 photos at 1 and
+2 CPUs, 1M vectors, 10,000 heavy items) and their results.
 """
 
 from __future__ import annotations
