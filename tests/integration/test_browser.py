@@ -1,5 +1,6 @@
 """The web UI end to end in headless Chromium: sign up, log in, upload a ZIP, watch, search,
-see storage against the quota, reset; no URL the page requests ever carries the bearer token."""
+see storage against the quota, retry and delete failed items, reset; no URL the page requests
+ever carries the bearer token."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from lumen.cli import human_bytes
 from tests.conftest import Service
-from tests.support.hostile import make_zip
+from tests.support.hostile import corrupt_jpeg, make_jpeg, make_zip
 from tests.support.tiny_clip import draw_shape
 
 CHROMIUM = Path(os.environ.get("LUMEN_CHROMIUM", "/usr/bin/chromium"))
@@ -246,3 +247,81 @@ def test_a_refused_stream_shows_the_servers_reason_and_reconnects_after_retry_af
     # The held streams are closed: after Retry-After the page connects with new tickets.
     expect(page.locator("#live-status")).to_have_text("live", timeout=60_000)
     expect(page.locator("#error")).to_be_hidden()
+
+
+def test_a_failed_item_can_be_retried_one_or_all_at_once_and_then_deleted(
+    service: Service, page: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    user, headers = service.new_user("webfail")
+
+    def usage() -> dict[str, int]:
+        with service.client(headers=headers) as c:
+            r = c.get("/usage")
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+    page.goto(f"{service.url}/")
+    page.fill("#login-username", user)
+    page.fill("#login-password", "correct horse")
+    page.click("#login-button")
+    expect(page.locator("#live-status")).to_have_text("live")
+    expect(page.locator("#errors-bar")).to_be_hidden()
+
+    # broken.jpg passes the header check and cannot be decoded: it fails on every attempt.
+    archive = tmp_path / "broken.zip"
+    archive.write_bytes(make_zip({"broken.jpg": corrupt_jpeg(), "fine.jpg": make_jpeg()}))
+    page.set_input_files("#zip-input", str(archive))
+    page.click("#zip-upload-button")
+    expect(page.locator("#upload-message")).to_have_text(
+        "broken.zip: 2 images queued", timeout=TIMEOUT_MS
+    )
+    item = f"uploads/{user}/broken.jpg"
+    failed = page.locator(f'#queue-errors li[data-item="{item}"]')
+    expect(failed).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#done-count")).to_have_text("1", timeout=TIMEOUT_MS)
+    expect(page.locator("#error-count")).to_have_text("1")
+    expect(page.locator("#errors-bar")).to_be_visible()
+    expect(page.locator("#usage-text")).to_have_text(usage_text(usage()))
+    assert usage()["items"] == 2, "a failed item is stored until it is deleted"
+
+    # Each failure is an item_failed event in the page's event list: its count shows the
+    # item went back to the queue and failed again, however fast that happened.
+    failures = page.locator("#events li", has=page.locator(".badge.item_failed")).filter(
+        has_text=f"item={item}"
+    )
+    expect(failures).to_have_count(1, timeout=TIMEOUT_MS)
+
+    def posted(path: str) -> Callable[[Any], bool]:
+        return lambda r: r.request.method == "POST" and r.url.endswith(path)
+
+    with page.expect_response(posted(f"/queue/{item}/retry")) as answer:
+        failed.get_by_role("button", name="Retry", exact=True).click()
+    assert answer.value.status == 200
+    assert answer.value.json()["requeued"] == [item]
+    expect(page.locator("#queue-message")).to_have_text(f"Requeued {item}.")
+    expect(failures).to_have_count(2, timeout=TIMEOUT_MS)
+    expect(failed).to_be_visible()
+
+    with page.expect_response(posted("/queue/retry-errors")) as answer:
+        page.click("#retry-all-button")
+    assert answer.value.status == 200
+    assert answer.value.json()["requeued"] == [item]
+    expect(page.locator("#queue-message")).to_have_text("Requeued 1 failed item(s).")
+    expect(failures).to_have_count(3, timeout=TIMEOUT_MS)  # failed again: in errors now
+    expect(failed).to_be_visible()
+    expect(page.locator("#error-count")).to_have_text("1")
+
+    with page.expect_response(lambda r: r.request.method == "DELETE") as answer:
+        failed.get_by_role("button", name="Delete", exact=True).click()
+    assert answer.value.status == 200, answer.value.text()
+    expect(failed).to_have_count(0)
+    expect(page.locator("#error-count")).to_have_text("0")
+    expect(page.locator("#errors-bar")).to_be_hidden()
+    expect(page.locator("#done-count")).to_have_text("1")
+    after = usage()
+    assert after["items"] == 1
+    expect(page.locator("#usage-text")).to_have_text(usage_text(after))
+    expect(page.locator("#error")).to_be_hidden()
+    page.screenshot(path=str(SCREENSHOT.with_name(f"{SCREENSHOT.stem}-retry.png")), full_page=True)
