@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 
 import ray
@@ -15,7 +14,7 @@ from actors.index_shard import get_index_shard
 from actors.naming import dispatcher_name, named_actor, shard_for
 from lumen.config import Settings
 from lumen.dispatch import DispatchCore, WorkerDied
-from lumen.health import beat_ts, heartbeat_is_fresh
+from lumen.health import LiveReplicas
 from lumen.metrics import RayMetrics
 from lumen.naming import EMBEDDER
 from lumen.storage import Stores
@@ -37,23 +36,6 @@ class _ServeEmbed:
             return await self.handle.remote(user, items)
         except RayActorError as exc:
             raise WorkerDied(str(exc)) from exc
-
-
-class _HeartbeatReplicas:
-    """`Replicas` from the embedders' fresh heartbeats (each says its batch size)."""
-
-    def __init__(self, stores: Stores, settings: Settings) -> None:
-        self.stores = stores
-        self.stale_after_s = settings.monitor.stale_after_s
-
-    def batch_sizes(self) -> list[int]:
-        now = time.time()
-        return [
-            int(beat["batch"])
-            for beat in self.stores.heartbeats.all().values()
-            if isinstance(beat.get("batch"), int)
-            and heartbeat_is_fresh(beat_ts(beat), now, self.stale_after_s)
-        ]
 
 
 class _ShardCommit:
@@ -84,7 +66,7 @@ class Dispatcher:
         self.core = DispatchCore(
             settings.queue, stores.queue, stores.events,
             _ServeEmbed(settings.app_name), _ShardCommit(settings), RayMetrics(),
-            replicas=_HeartbeatReplicas(stores, settings),
+            replicas=LiveReplicas(stores.heartbeats, settings.monitor.stale_after_s),
             owns=None if shards == 1 else (lambda user: shard_for(user, shards) == shard),
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None

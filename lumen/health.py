@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from lumen.events import EventKind
 from lumen.naming import EMBEDDER, replica_class_name, replica_tag_of, worker_id
@@ -405,3 +405,24 @@ def _gcs_address() -> str | None:
     import ray
 
     return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+
+
+class Heartbeats(Protocol):
+    def all(self) -> dict[str, dict[str, Any]]: ...
+
+
+class LiveReplicas:
+    """The batch size of each embedder replica with a fresh heartbeat (paces the dispatcher)."""
+
+    def __init__(self, heartbeats: Heartbeats, stale_after_s: float) -> None:
+        self.heartbeats = heartbeats
+        self.stale_after_s = stale_after_s
+
+    def batch_sizes(self) -> list[int]:
+        now = time.time()
+        return [
+            int(beat["batch"])
+            for beat in self.heartbeats.all().values()
+            if isinstance(beat.get("batch"), int)
+            and heartbeat_is_fresh(beat_ts(beat), now, self.stale_after_s)
+        ]

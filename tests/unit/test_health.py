@@ -296,3 +296,21 @@ def test_worker_book_reports_health_stale_and_dead_then_ages_dead_out() -> None:
     assert dead == []  # reported once
     view, _ = book.update([ReplicaState("embedder-a", "DEAD")], beats, now=1200)
     assert view == {}
+
+
+def test_only_replicas_with_a_fresh_heartbeat_pace_the_dispatcher() -> None:
+    import time as _time
+
+    from lumen.health import LiveReplicas
+
+    now = _time.time()
+
+    class Beats:
+        def all(self) -> dict[str, dict[str, object]]:
+            return {
+                "embedder-a": {"ts": now, "batch": 256},
+                "embedder-b": {"ts": now - 60, "batch": 256},  # stale: gone or hung
+                "embedder-c": {"ts": now},  # an older replica that does not say
+            }
+
+    assert LiveReplicas(Beats(), stale_after_s=15).batch_sizes() == [256]
