@@ -24,10 +24,13 @@ it before Ray starts, so every worker inherits it. configs/local.yaml is deploye
        psutil CPU times at the phase's start and after its last commit, over its items.
     3. Idle CPU: with nothing queued, the same processes over `--idle-s` seconds; the
        control plane (dispatcher + index shards + monitor + ingress) as % of one core.
-       Target: <= 2%.
+       Target: <= 2%. An empty Ray actor started for the purpose is sampled alongside:
+       the floor any actor costs (Ray's own threads), whatever our code does.
 
-`--py-spy DIR` records raw py-spy stacks of the ingress, dispatcher, embedders and index
-shards during each phase (for finding where the CPU per item goes).
+Because the box is shared, the run also prints CPU-bound ceilings: the items/s the measured
+CPU per item allows if each service process had a core (the first role to saturate), and if
+all processes shared every core. `--py-spy DIR` records raw py-spy stacks (GIL-holding
+samples only) of the ingress, dispatcher, embedders and index shards during each phase.
 A warm-up user (64 items) goes through first and is not counted. Nothing here asserts a
 timing: the verdicts are printed, and the exit status is 0 unless the run itself failed.
 
@@ -71,6 +74,7 @@ TARGET_ITEMS_PER_S = 5_000.0
 TARGET_IDLE_CORE_PCT = 2.0
 WARMUP_ITEMS = 64
 CONTROL_PLANE = ("dispatcher", "index shard", "monitor", "ingress")
+REFERENCE = "reference: an empty Ray actor"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -139,9 +143,12 @@ def processes(svc: Service) -> list[Proc]:
         if child.pid in taken:
             continue
         try:
-            out.append(Proc(f"ray: {_system_name(child)}", child.pid))
+            name = _system_name(child)
         except psutil.Error:
             continue
+        # A replica still in its __init__ is not an ALIVE actor yet; its title names it.
+        role = next((r for r in ("Embedder", "Ingress") if f"#{r}#" in name), None)
+        out.append(Proc(role.lower() if role else f"ray: {name}", child.pid))
     return out
 
 
@@ -243,7 +250,7 @@ def collect(
 class Profiler:
     """`py-spy record` (raw collapsed stacks) of chosen roles while a phase runs."""
 
-    ROLES = ("ingress", "dispatcher", "embedder", "index shard")
+    ROLES = ("ingress", "dispatcher", "embedder", "index shard", "monitor")
 
     def __init__(self, out: Path | None, phase: str, procs: list[Proc]) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
@@ -254,7 +261,8 @@ class Profiler:
         for p in procs:
             if p.role in self.ROLES:
                 path = out / f"{phase}-{p.role.replace(' ', '_')}-{p.pid}.txt"
-                cmd = [str(spy), "record", "--format", "raw", "--nonblocking", "-r", "50"]
+                # --gil: samples holding the GIL, i.e. Python on a CPU, not threads waiting
+                cmd = [str(spy), "record", "--format", "raw", "--nonblocking", "--gil", "-r", "50"]
                 cmd += ["-p", str(p.pid), "-o", str(path)]
                 self.children.append(
                     subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -341,15 +349,32 @@ def dispatchers(svc: Service) -> int:
     return svc.settings.queue.dispatchers
 
 
-def idle_phase(svc: Service, seconds: float) -> tuple[dict[str, tuple[int, float]], float]:
-    """CPU of every process over `seconds` with nothing queued."""
+@ray.remote(num_cpus=0)
+class EmptyActor:
+    """The floor: what any live Ray actor costs while it does nothing of its own."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def idle_phase(
+    svc: Service, seconds: float, spy: Path | None
+) -> tuple[dict[str, tuple[int, float]], float]:
+    """CPU of every process over `seconds` with nothing queued, and of an empty actor."""
+    empty = EmptyActor.remote()  # type: ignore[attr-defined]
+    empty_pid = ray.get(empty.pid.remote(), timeout=120)
     time.sleep(2.0)  # the last chunk's bookkeeping
-    procs = processes(svc)
+    procs = [p for p in processes(svc) if p.pid != empty_pid]
+    procs.append(Proc(REFERENCE, empty_pid))
     before = cpu_seconds(procs)
+    profiler = Profiler(spy, "idle", procs)
     t0 = time.perf_counter()
     time.sleep(seconds)
     after = cpu_seconds(procs)
-    return cpu_by_role(procs, before, after), time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    profiler.stop()
+    ray.kill(empty)
+    return cpu_by_role(procs, before, after), elapsed
 
 
 # --------------------------------------------------------------------------- the report
@@ -364,14 +389,35 @@ ORDER = [
     "serve proxy",
     "serve controller",
     "redis-server",
+    REFERENCE,
 ]
+
+
+def ceilings(p: Phase) -> tuple[str, float, float]:
+    """What the CPU per item allows, whatever else runs on the box: (the service role whose
+    processes saturate first, its items/s with one core per process (each is one Python or
+    Redis thread's worth), and items/s if every process of the run shared all the cores)."""
+    per_role = {
+        role: n * 1e6 / (cpu / p.done * 1e6)
+        for role, (n, cpu) in p.cpu.items()
+        if role in ORDER and role != REFERENCE and cpu > 0 and p.done
+    }
+    role = min(per_role, key=per_role.__getitem__)
+    total = sum(cpu for _, cpu in p.cpu.values())
+    return role, per_role[role], (os.cpu_count() or 1) * p.done / total
 
 
 def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: float) -> None:
     for p in phases:
         print(f"# {p.name}: {p.done:,} done, {p.errors} errors, wall {p.wall_s:.1f} s; {p.note}")
     rows = []
+    bounds = []
     for p in phases:
+        role, role_cap, box_cap = ceilings(p)
+        n = p.cpu[role][0]
+        bounds.append(
+            [p.name, f"{role} (x{n})", f"{role_cap:.0f}", f"{box_cap:.0f}", os.cpu_count()]
+        )
         rate, span = p.steady()
         rows.append(
             [
@@ -398,6 +444,17 @@ def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: floa
             "verdict",
         ],
         rows,
+    )
+    table(
+        "CPU-bound ceilings: items/s the measured CPU per item allows on an otherwise idle box",
+        [
+            "path",
+            "first to saturate",
+            "its ceiling items/s (1 core per process)",
+            "box ceiling items/s (all processes, all cores)",
+            "cores",
+        ],
+        bounds,
     )
     roles = set(idle)
     for p in phases:
@@ -468,7 +525,7 @@ def main() -> None:
         users = [svc.new_user("cp", address=bench_address()) for _ in range(args.users)]
         phases = [upload_phase(svc, users, zips, args.py_spy)]
         phases.append(backlog_phase(svc, args.users, per_user, args.py_spy))
-        idle, idle_s = idle_phase(svc, args.idle_s)
+        idle, idle_s = idle_phase(svc, args.idle_s, args.py_spy)
         pids = defaultdict(list)
         for p in processes(svc):
             pids[p.role].append(p.pid)
