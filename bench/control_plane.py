@@ -244,6 +244,8 @@ def collect(
     for user in users:
         times += svc.done_times(user).values()
         errors += svc.settled(user)[1]
+    if not times:
+        raise SystemExit(f"{name}: nothing was committed ({errors} items failed)")
     return Phase(name, t0, times, errors, cpu_by_role(procs, before, after))
 
 
@@ -402,6 +404,8 @@ def ceilings(p: Phase) -> tuple[str, float, float]:
         for role, (n, cpu) in p.cpu.items()
         if role in ORDER and role != REFERENCE and cpu > 0 and p.done
     }
+    if not per_role:
+        return "?", float("nan"), float("nan")
     role = min(per_role, key=per_role.__getitem__)
     total = sum(cpu for _, cpu in p.cpu.values())
     return role, per_role[role], (os.cpu_count() or 1) * p.done / total
@@ -414,7 +418,7 @@ def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: floa
     bounds = []
     for p in phases:
         role, role_cap, box_cap = ceilings(p)
-        n = p.cpu[role][0]
+        n = p.cpu.get(role, (0, 0.0))[0]
         bounds.append(
             [p.name, f"{role} (x{n})", f"{role_cap:.0f}", f"{box_cap:.0f}", os.cpu_count()]
         )
