@@ -47,6 +47,9 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 _XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 # Same-size images are resized together, in slices of at most this many float32 bytes.
 _RESIZE_SLICE_BYTES = 512 * 1024**2
+# One nvJPEG call decodes at most this many bytes of RGB pixels (28 12 MP photos), so a chunk
+# of 256 phone photos never holds 9 GB of decoded pixels on the GPU at once.
+_DECODE_SLICE_BYTES = 1024**3
 
 
 class DecodeRoute(StrEnum):
@@ -312,16 +315,17 @@ class BatchDecoder:
                 results.append(RuntimeError("not decoded"))  # replaced below
             else:
                 results.append(self._pool.submit(self.fallback, buffer.numpy().tobytes()))
-        decoded = self._decode_jpegs([(buffer, plan.stored_hw) for _, buffer, plan in on_gpu])
-        ready: list[tuple[int, torch.Tensor]] = []
-        for (i, buffer, plan), image in zip(on_gpu, decoded, strict=True):
-            if image is None:  # refused by the GPU decoder: Pillow decides
-                results[i] = self._pool.submit(self.fallback, buffer.numpy().tobytes())
-            else:
-                ready.append((i, upright(image, plan.orientation)))
-        tensors = self.spec.apply([image for _, image in ready], self.dtype)
-        for (i, _), tensor in zip(ready, tensors, strict=True):
-            results[i] = tensor
+        for part in _slices(on_gpu, _DECODE_SLICE_BYTES):
+            decoded = self._decode_jpegs([(buffer, plan.stored_hw) for _, buffer, plan in part])
+            ready: list[tuple[int, torch.Tensor]] = []
+            for (i, buffer, plan), image in zip(part, decoded, strict=True):
+                if image is None:  # refused by the GPU decoder: Pillow decides
+                    results[i] = self._pool.submit(self.fallback, buffer.numpy().tobytes())
+                else:
+                    ready.append((i, upright(image, plan.orientation)))
+            tensors = self.spec.apply([image for _, image in ready], self.dtype)
+            for (i, _), tensor in zip(ready, tensors, strict=True):
+                results[i] = tensor
         return [_settle(r) for r in results]
 
     def _host_buffers(self, sources: Sequence[Path | bytes]) -> list[torch.Tensor | Exception]:
@@ -376,6 +380,23 @@ class BatchDecoder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _slices(
+    jpegs: list[tuple[int, torch.Tensor, DecodePlan]], max_bytes: int
+) -> list[list[tuple[int, torch.Tensor, DecodePlan]]]:
+    """Consecutive groups whose decoded RGB pixels stay within `max_bytes` (at least one each)."""
+    groups: list[list[tuple[int, torch.Tensor, DecodePlan]]] = []
+    total = max_bytes
+    for jpeg in jpegs:
+        height, width = jpeg[2].stored_hw
+        size = 3 * height * width
+        if total + size > max_bytes:
+            groups.append([])
+            total = 0
+        groups[-1].append(jpeg)
+        total += size
+    return groups
 
 
 def _checked(

@@ -271,6 +271,26 @@ def test_a_jpeg_the_gpu_refuses_is_decoded_by_pillow_instead() -> None:
     assert float(levels(out[0], pillow_tensor(small)).mean()) <= 2.0
 
 
+class CountsCalls(BatchDecoder):
+    calls: list[int]
+
+    def _decode(self, buffers: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.calls = [*getattr(self, "calls", []), len(buffers)]
+        return super()._decode(buffers)
+
+
+def test_a_large_chunk_decodes_in_slices_of_bounded_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lumen.gpu_decode._DECODE_SLICE_BYTES", 2 * 3 * 320 * 240)
+    blobs = [photo((320, 240), seed=i) for i in range(5)]
+    counting = decoder(cls=CountsCalls)
+    out = counting.decode(blobs)
+    assert isinstance(counting, CountsCalls) and counting.calls == [2, 2, 1]
+    [alone] = decoder().decode(blobs[4:])
+    assert isinstance(out[4], torch.Tensor) and torch.equal(out[4], alone)
+
+
 def test_a_missing_file_fails_alone(tmp_path: Path) -> None:
     good = tmp_path / "good.jpg"
     good.write_bytes(photo((320, 240)))
