@@ -39,16 +39,23 @@ class _ServeEmbed:
 
 
 class _ShardCommit:
-    """`Commit` through the user's IndexShard actor."""
+    """`Commit` through the user's IndexShard actor (handles looked up once, kept)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.shards: dict[int, ray.actor.ActorHandle] = {}
 
     async def commit(
         self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
     ) -> dict[str, int]:
-        shard = get_index_shard(self.settings, shard_for(user, self.settings.queue.index_shards))
-        return await shard.commit.remote(user, model_id, dim, rows)
+        n = shard_for(user, self.settings.queue.index_shards)
+        if n not in self.shards:
+            self.shards[n] = get_index_shard(self.settings, n)
+        try:
+            return await self.shards[n].commit.remote(user, model_id, dim, rows)
+        except RayActorError:  # killed for good: look it up (and create it) again next time
+            self.shards.pop(n, None)
+            raise
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
