@@ -367,3 +367,29 @@ def clustered(n: int, dim: int = 512, centres: int = 1_000, seed: int = 0) -> np
     np.save(tmp, data)
     tmp.replace(path)
     return data
+
+
+def random_jpeg_zip(folder: str, name: str, count: int, seed: int, pixels: int, side: int) -> Path:
+    """A cached ZIP of `count` distinct JPEGs: `pixels`² random pixels scaled to `side`²."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    path = CACHE / folder / f"{name}-{count}-{seed}.zip"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(count):
+            img = Image.fromarray(rng.integers(0, 256, (pixels, pixels, 3), dtype=np.uint8))
+            if side != pixels:
+                img = img.resize((side, side), Image.BILINEAR)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90)
+            zf.writestr(f"img_{i:05d}.jpg", buf.getvalue())
+    tmp.replace(path)
+    return path

@@ -42,31 +42,27 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import psutil
 import ray
 from common import (
-    CACHE,
     Service,
     actor_pids,
     bench_address,
     print_machine,
+    random_jpeg_zip,
     running_service,
     table,
 )
-from PIL import Image
 
 from lumen.nullmodel import BENCHMARK_ENV, BENCHMARK_ENV_VALUE
 
@@ -82,21 +78,7 @@ REFERENCE = "reference: an empty Ray actor"
 
 def jpeg_zip(name: str, count: int, seed: int) -> Path:
     """A ZIP of `count` distinct 16x16 JPEGs (random pixels: no two alike), cached."""
-    path = CACHE / "null" / f"{name}-{count}-{seed}.zip"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(count):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
-                buf, "JPEG", quality=90
-            )
-            zf.writestr(f"img_{i:05d}.jpg", buf.getvalue())
-    tmp.replace(path)
-    return path
+    return random_jpeg_zip("null", name, count, seed, pixels=16, side=16)
 
 
 # --------------------------------------------------------------------------- processes

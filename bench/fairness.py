@@ -20,34 +20,16 @@ ViT-B-32 on 2 cores. configs/local.yaml is deployed as shipped (1..2 Embedder re
 from __future__ import annotations
 
 import argparse
-import io
 import threading
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
-from common import CACHE, pct, print_machine, running_service, table
-from PIL import Image
+from common import pct, print_machine, random_jpeg_zip, running_service, table
 
 
 def tiny_zip(name: str, count: int, seed: int) -> Path:
     """A ZIP of `count` distinct 64x64 JPEGs, cached."""
-    path = CACHE / "tiny" / f"{name}-{count}-{seed}.zip"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for i in range(count):
-            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            img = Image.fromarray(pixels).resize((64, 64), Image.BILINEAR)
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
-            zf.writestr(f"img_{i:05d}.jpg", buf.getvalue())
-    tmp.replace(path)
-    return path
+    return random_jpeg_zip("tiny", name, count, seed, pixels=8, side=64)
 
 
 def main() -> None:

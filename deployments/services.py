@@ -167,7 +167,7 @@ class Services:
         self.search = SearchService(
             settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,
             make_answerer(settings.gemini), RayMetrics(),
-            answer_runner=self.executors.gemini.run, io_runner=self.executors.blocking.run,
+            run_answer=self.executors.gemini.run, run_io=self.executors.blocking.run,
         )  # fmt: skip
         self.account = AccountService(
             settings.data_dir, self.stores.queue, self.actors.shard,

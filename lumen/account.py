@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,22 +36,15 @@ class SpaceCache(Protocol):
     async def drop(self, user: str) -> None: ...
 
 
+@dataclass
 class AccountService:
     """The caller's queue and data, and nobody else's."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        queue: AccountQueue,
-        space_for: Callable[[str], SpaceCache],
-        max_status_items: int,
-        end_streams: Callable[[str], None],
-    ) -> None:
-        self.data_dir = data_dir
-        self.queue = queue
-        self.space_for = space_for
-        self.max_status_items = max_status_items
-        self.end_streams = end_streams
+    data_dir: Path
+    queue: AccountQueue
+    space_for: Callable[[str], SpaceCache]
+    max_status_items: int
+    end_streams: Callable[[str], None]
 
     async def status(self, user: str) -> Any:
         """The spec's `/status` payload (each list capped at `max_status_items`)."""

@@ -120,28 +120,22 @@ async def _thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
+@dataclass
 class SearchService:
-    """Searches a user's own space; PDF questions also get the best page's answer."""
+    """Searches a user's own space; PDF questions also get the best page's answer.
 
-    def __init__(
-        self,
-        data_dir: Path,
-        encoder: Encoder,
-        index_for: Callable[[str], Index],
-        pages: PageStore,
-        answerer: Answerer,
-        metrics: Metrics,
-        answer_runner: Blocking = _thread,
-        io_runner: Blocking = _thread,
-    ) -> None:
-        self.data_dir = data_dir
-        self.encoder = encoder
-        self.index_for = index_for
-        self.pages = pages
-        self.answerer = answerer
-        self.metrics = metrics
-        self.run_answer = answer_runner
-        self.run_io = io_runner
+    Blocking work runs through `run_io` (Redis, files) and `run_answer` (the answerer):
+    bounded pools in the ingress, plain threads by default.
+    """
+
+    data_dir: Path
+    encoder: Encoder
+    index_for: Callable[[str], Index]
+    pages: PageStore
+    answerer: Answerer
+    metrics: Metrics
+    run_answer: Blocking = _thread
+    run_io: Blocking = _thread
 
     async def images(
         self, user: str, text: str | None, image: bytes | None, k: int

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lumen.cli import human_bytes
+from lumen.cli import usage_line
 from tests.conftest import Service
 from tests.support.hostile import corrupt_jpeg, make_jpeg, make_zip
 from tests.support.tiny_clip import draw_shape
@@ -72,12 +72,8 @@ def console_problem(msg: Any) -> list[str]:
 
 
 def usage_text(usage: dict[str, int]) -> str:
-    """What the UI shows for `GET /usage`: "12.3 MB of 20 GB · 40 of 200,000 items"."""
-    size, items = human_bytes(usage["bytes"]), f"{usage['items']:,}"
-    max_bytes, max_items = usage["max_bytes"], usage["max_items"]
-    stored = f"{size} of {human_bytes(max_bytes)}" if max_bytes else f"{size} (unlimited)"
-    counted = f"{items} of {max_items:,} items" if max_items else f"{items} items (unlimited)"
-    return f"{stored} · {counted}"
+    """What the UI shows for `GET /usage`: the CLI's line, with a middle dot between."""
+    return usage_line(usage).replace(", ", " · ", 1)
 
 
 def poll(page: Any, condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
