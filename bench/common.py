@@ -393,3 +393,16 @@ def random_jpeg_zip(folder: str, name: str, count: int, seed: int, pixels: int, 
             zf.writestr(f"img_{i:05d}.jpg", buf.getvalue())
     tmp.replace(path)
     return path
+
+
+def stored_zip(path: Path, files: list[Path], folder: str) -> Path:
+    """A cached ZIP at `path` holding `files` uncompressed (as photos are) under `folder/`."""
+    import zipfile
+
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+            for p in files:
+                zf.write(p, f"{folder}/{p.name}")
+        tmp.replace(path)
+    return path

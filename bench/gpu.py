@@ -42,7 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CACHE, VIT_B_32, print_machine, running_service, set_deployment, table, verdict
+from common import (
+    CACHE,
+    VIT_B_32,
+    print_machine,
+    running_service,
+    set_deployment,
+    stored_zip,
+    table,
+    verdict,
+)
 from ingest import _steady_rate, photo_pixels
 from PIL import Image
 
@@ -83,14 +92,7 @@ def jpeg_set(label: str, n: int) -> list[Path]:
 
 
 def jpeg_zip(label: str, paths: list[Path]) -> Path:
-    path = CORPUS / f"{label}-{len(paths)}.zip"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-            for p in paths:
-                zf.write(p, f"{label}/{p.name}")
-        tmp.replace(path)
-    return path
+    return stored_zip(CORPUS / f"{label}-{len(paths)}.zip", paths, label)
 
 
 # --------------------------------------------------------------------------- in process

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,6 +36,7 @@ from common import (
     print_machine,
     running_service,
     set_deployment,
+    stored_zip,
     table,
     threads_of,
     verdict,
@@ -125,14 +125,7 @@ def photo_set(n: int) -> list[Path]:
 
 def photo_zip(paths: list[Path]) -> Path:
     """A stored (uncompressed, as photos are) ZIP of `paths`, cached."""
-    path = CACHE / f"photos-{len(paths)}.zip"
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-            for p in paths:
-                zf.write(p, f"trip/{p.name}")
-        tmp.replace(path)
-    return path
+    return stored_zip(CACHE / f"photos-{len(paths)}.zip", paths, "trip")
 
 
 # --------------------------------------------------------------------------- bare refs
