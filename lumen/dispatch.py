@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from lumen.config import QueueSettings
 from lumen.errors import ModelMismatch
@@ -104,8 +104,9 @@ class RoundRobin:
         return plan
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(NamedTuple):
+    """An item that did not make it, why, and whether retrying can help."""
+
     item: str
     reason: str
     permanent: bool

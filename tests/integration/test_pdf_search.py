@@ -65,8 +65,12 @@ def _ask(service: Service, h: dict[str, str], query: str, **form: str) -> httpx.
         return c.post("/search/pdf", headers=h, data={"query": query, **form})
 
 
+# (user, auth headers, doc name -> its page items)
+PdfUser = tuple[str, dict[str, str], dict[str, list[str]]]
+
+
 @pytest.fixture(scope="module")
-def pdf_user(service: Service) -> tuple[str, dict[str, str], dict[str, list[str]]]:
+def pdf_user(service: Service) -> PdfUser:
     user, h = service.new_user("pdf")
     real = upload_pdf(
         service,
@@ -96,7 +100,7 @@ def _hit_rate(
 
 def test_the_right_page_comes_first_for_nine_in_ten_questions(
     service: Service,
-    pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
+    pdf_user: PdfUser,
 ) -> None:
     _, h, docs = pdf_user
     rates = {}
@@ -117,9 +121,7 @@ def test_the_right_page_comes_first_for_nine_in_ten_questions(
 
 
 def test_the_response_has_the_spec_shape_and_gemini_sees_the_page_and_question(
-    service: Service,
-    gemini: FakeGemini,
-    pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
+    service: Service, gemini: FakeGemini, pdf_user: PdfUser
 ) -> None:
     _, h, docs = pdf_user
     gemini.respond_with("Twenty four months.")
@@ -146,7 +148,7 @@ def test_the_response_has_the_spec_shape_and_gemini_sees_the_page_and_question(
 def test_a_gemini_error_or_timeout_still_returns_the_page(
     service: Service,
     gemini: FakeGemini,
-    pdf_user: tuple[str, dict[str, str], dict[str, list[str]]],
+    pdf_user: PdfUser,
 ) -> None:
     _, h, docs = pdf_user
     try:
