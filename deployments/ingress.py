@@ -78,6 +78,7 @@ class RequestGate:
             wait_s = services.penalties.wait_s(address, time.monotonic())
             if wait_s:
                 message = f"too many attempts from your address; try again in {wait_s} s"
+                await services.tarpit.hold()
                 await _send_error(TooManyRequests(message, wait_s), send)
                 return
             send = _noting_throttles(send, services, address)
@@ -101,13 +102,16 @@ def _client_of(scope: Scope, headers: dict[bytes, bytes], settings: Settings) ->
 
 
 def _noting_throttles(send: Send, services: Services, address: str) -> Send:
-    """`send`, putting `address` in the penalty box when the route answers 429."""
+    """`send`, putting `address` in the penalty box when the route answers 429, and
+    holding every failed answer a moment (a wrong password, a throttle, a full pool)."""
 
     async def noting(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 429:
-            retry = dict(message.get("headers") or []).get(b"retry-after", b"")
-            if retry.isdigit():
-                services.penalties.hold(address, int(retry), time.monotonic())
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            if message["status"] == 429:
+                retry = dict(message.get("headers") or []).get(b"retry-after", b"")
+                if retry.isdigit():
+                    services.penalties.hold(address, int(retry), time.monotonic())
+            await services.tarpit.hold()
         await send(message)
 
     return noting

@@ -18,7 +18,7 @@ from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
 from actors.naming import shard_for
 from lumen.account import AccountService
-from lumen.admission import Admission, PenaltyBox
+from lumen.admission import Admission, PenaltyBox, Tarpit
 from lumen.answerer import make_answerer
 from lumen.auth import Authenticator
 from lumen.config import Settings
@@ -160,6 +160,7 @@ class Services:
         self.links = ImageLinks.from_settings(settings.auth)
         self.admission = Admission(settings.admission)
         self.penalties = PenaltyBox()
+        self.tarpit = Tarpit(settings.admission.refusal_delay_s, settings.admission.tarpit_max_held)
         self.executors = Executors(settings.executors)
         self.uploads = UploadService(settings, self.stores.queue)
         self.actors = ActorHandles(settings)

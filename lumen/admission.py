@@ -8,6 +8,7 @@ replicas admits N times as much, as it has N times the slots.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,3 +109,27 @@ class PenaltyBox:
             del self.until[address]
             return 0
         return max(1, round(until - now))
+
+
+class Tarpit:
+    """Holds failed anonymous answers (wrong password, throttled, busy) for `delay_s`.
+
+    A closed-loop attacker then sends at most one request per `delay_s` per connection
+    instead of as many as the server can refuse, which is what made refusals expensive.
+    At most `max_held` answers wait at once (each holds a request slot); past that they
+    go out at once, so the tarpit itself can never fill the ingress.
+    """
+
+    def __init__(self, delay_s: float, max_held: int) -> None:
+        self.delay_s = delay_s
+        self.max_held = max_held
+        self.held = 0
+
+    async def hold(self) -> None:
+        if self.delay_s <= 0 or self.held >= self.max_held:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.held -= 1

@@ -198,6 +198,10 @@ class AdmissionSettings(BaseModel):
     # Bodies of routes that take no file: auth forms, JSON, search/PDF forms without images.
     max_form_bytes: int = 64 * 1024
     retry_after_s: int = 5
+    # Failed /login and /signup answers wait this long (at most `tarpit_max_held` at once),
+    # so a closed loop of wrong passwords cannot make the server refuse as fast as it can.
+    refusal_delay_s: float = 1.0
+    tarpit_max_held: int = 64
 
 
 class ExecutorSettings(BaseModel):

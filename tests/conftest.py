@@ -144,7 +144,7 @@ def service_settings(
         "queue": {"task_timeout_s": 15.0, "max_retries": 3},
         "auth": {"admin_users": [ADMIN], "trusted_proxies": ["127.0.0.1"]},
         "gemini": {"api_key": secrets.token_hex(16), "base_url": gemini.base_url, "timeout_s": 2},
-        "admission": {"stream_recheck_s": 1.0},
+        "admission": {"stream_recheck_s": 1.0, "refusal_delay_s": 0.1},
         "monitor": {"poll_interval_s": 1.0, "sse_interval_s": 0.25, "heartbeat_interval_s": 1.0},
     }
 

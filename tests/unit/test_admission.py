@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from lumen.admission import Admission, PenaltyBox, Work
+from lumen.admission import Admission, PenaltyBox, Tarpit, Work
 from lumen.config import AdmissionSettings
 from lumen.errors import TooManyQuestions, TooManyStreams, TooManyUploads
+from tests.support.waiting import wait_until_async
 
 
 def admission(**kw: int) -> Admission:
@@ -70,3 +73,22 @@ def test_the_penalty_box_stays_bounded() -> None:
     for i in range(10):
         box.hold(f"10.0.0.{i}", 60, now=float(i))
     assert len(box.until) == 3 and box.wait_s("10.0.0.9", now=10.0) > 0
+
+
+def test_the_tarpit_holds_at_most_its_limit_at_once() -> None:
+    tarpit = Tarpit(delay_s=60, max_held=2)
+
+    async def scenario() -> None:
+        held = [asyncio.get_running_loop().create_task(tarpit.hold()) for _ in range(2)]
+        await wait_until_async(lambda: tarpit.held == 2, 10, "two answers held")
+        await asyncio.wait_for(tarpit.hold(), 5)  # the third goes out at once
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        assert tarpit.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_zero_delay_tarpit_holds_nothing() -> None:
+    asyncio.run(asyncio.wait_for(Tarpit(delay_s=0, max_held=5).hold(), 5))
