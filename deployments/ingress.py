@@ -22,7 +22,7 @@ from deployments.services import Services
 from lumen import metrics
 from lumen.auth import client_address
 from lumen.config import Settings
-from lumen.errors import LimitExceeded, LumenError, TooManyRequests
+from lumen.errors import LimitExceeded, LumenError, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ class RequestGate:
                 await services.verify_bearer(headers.get(b"authorization", b"").decode("latin-1"))
             except LumenError as exc:
                 await _send_error(exc, send)
+                return
+            except redis.RedisError:  # outside the app's handlers: answer as they would
+                log.warning("redis unavailable while checking a token", exc_info=True)
+                await _send_error(ServiceUnavailable("storage is unavailable; retry shortly"), send)
                 return
         if scope["method"] == "POST" and path in ANONYMOUS_PATHS:
             address = _client_of(scope, headers, services.settings)
