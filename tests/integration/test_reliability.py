@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,17 @@ def test_light_user_is_not_starved_and_the_embedder_scales_out_and_back(
     watcher.start()
     started = time.time()
     try:
-        assert len(upload_zip(service, heavy, heavy_zip).json()["queued"]) == 6000
-        assert len(upload_zip(service, light, light_zip).json()["queued"]) == 5
-        wait_settled(service, light, 5, timeout_s=300)
-        heavy_done_then = len(status_snapshot(service, heavy)["done"])
+        # Heavy's upload queues its chunks while it extracts, and embedding starts at once;
+        # the light user uploads as soon as heavy's work is flowing.
+        with ThreadPoolExecutor(1) as pool:
+            heavy_upload = pool.submit(upload_zip, service, heavy, heavy_zip)
+            wait_until(
+                lambda: status_snapshot(service, heavy)["done"], 300, "heavy's first items done"
+            )
+            assert len(upload_zip(service, light, light_zip).json()["queued"]) == 5
+            wait_settled(service, light, 5, timeout_s=300)
+            heavy_done_then = len(status_snapshot(service, heavy)["done"])
+            assert len(heavy_upload.result().json()["queued"]) == 6000
         assert heavy_done_then < 3000, heavy_done_then  # light's 5 finished before heavy's half
         final = wait_settled(service, heavy, 6000, timeout_s=600)
         took_s = time.time() - started

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import ray
 
-from lumen.naming import replica_tag_of, worker_id
 from tests.support.waiting import wait_until
 
 EMBEDDER_CLASS = "ServeReplica:lumen:Embedder"
@@ -36,17 +34,14 @@ def kill_one_embedder_replica() -> str:
     return str(actors[0].name)
 
 
-def kill_busy_embedder_replica(busy_workers: Callable[[], set[str]]) -> str:
-    """SIGKILL a live Embedder replica that holds items right now (by the worker ids that
-    `busy_workers` reads from the queue's processing records); returns its actor name."""
+def kill_every_embedder_replica() -> list[str]:
+    """SIGKILL every live Embedder replica at once; returns their actor names.
 
-    def busy() -> Any:
-        workers = busy_workers()
-        for actor in live_embedder_replicas():
-            if worker_id(replica_tag_of(str(actor.name)) or "") in workers:
-                return actor
-        return None
-
-    actor = wait_until(busy, 90, "a live Embedder replica with items in flight", poll_s=0.01)
-    os.kill(actor.pid, signal.SIGKILL)
-    return str(actor.name)
+    While a backlog is being dispatched, chunks are always waiting on some replica, so
+    killing them all is certain to kill work in flight (one replica might be between
+    chunks, or hold only items a killed dispatcher left behind).
+    """
+    actors = wait_until(live_embedder_replicas, 90, "a live Embedder replica", poll_s=0.1)
+    for actor in actors:
+        os.kill(actor.pid, signal.SIGKILL)
+    return [str(a.name) for a in actors]
