@@ -283,6 +283,7 @@ class DispatchCore:
                 await asyncio.to_thread(self.requeue_dead, user, items)
                 return
             except Exception as exc:  # noqa: BLE001 - any other call failure: retry later
+                log.warning("embedder call for %s failed: %r", user, exc)
                 reason = f"embedder call failed: {exc!r}"
                 failed = [Failure(i, reason, permanent=False) for i in items]
                 await asyncio.to_thread(self.fail, user, failed)
