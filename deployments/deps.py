@@ -47,9 +47,18 @@ def get_client(request: Request, svc: Svc) -> str:
 Client = Annotated[str, Depends(get_client)]
 
 
-async def get_current_user(svc: Svc, token: Annotated[str | None, Depends(_bearer)]) -> str:
+# Where the request gate leaves a bearer verdict it already reached: (Authorization, user).
+VERIFIED = "lumen_verified_bearer"
+
+
+async def get_current_user(
+    request: Request, svc: Svc, token: Annotated[str | None, Depends(_bearer)]
+) -> str:
     if not token:
         raise Unauthorized("not authenticated: send 'Authorization: Bearer <token>'")
+    verified = getattr(request.state, VERIFIED, None)
+    if verified is not None and verified[0] == request.headers.get("authorization"):
+        return str(verified[1])
     return await svc.executors.blocking.run(svc.auth.verify, token)
 
 

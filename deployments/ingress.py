@@ -16,7 +16,7 @@ from ray import serve
 from ray.exceptions import RayError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.deps import Svc, services_of
+from deployments.deps import VERIFIED, Svc, services_of
 from deployments.routes import auth, monitor, queue, search, uploads
 from deployments.services import Services
 from lumen import metrics
@@ -69,7 +69,10 @@ class RequestGate:
             return
         if scope["method"] == "POST" and (path in UPLOAD_PATHS or path in SEARCH_PATHS):
             try:
-                await services.verify_bearer(headers.get(b"authorization", b"").decode("latin-1"))
+                authorization = headers.get(b"authorization", b"").decode("latin-1")
+                user = await services.verify_bearer(authorization)
+                # the route's own check reuses this verdict instead of asking Redis again
+                scope.setdefault("state", {})[VERIFIED] = (authorization, user)
             except LumenError as exc:
                 await _send_error(exc, send)
                 return

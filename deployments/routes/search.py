@@ -113,7 +113,7 @@ async def image(path: str, request: Request, svc: Svc, bearer: MaybeBearer) -> R
     if "sig" in request.query_params:
         user = svc.links.verify_query(path, request.query_params)
     else:
-        user = await get_current_user(svc, bearer)
+        user = await get_current_user(request, svc, bearer)
     file = resolve_item(svc.settings.data_dir, user, path)
     if not file.is_file():
         raise NotFound("Image not found")
