@@ -41,10 +41,12 @@ from common import (
     verdict,
 )
 from PIL import Image
+from ray import serve
 
 from lumen.config import Settings
 from lumen.embedding import model_id_for
 from lumen.index import UserIndex, nlist_for
+from lumen.naming import EMBEDDER
 from lumen.worker import EmbedderCore
 
 RATIO_TARGET = 1.3
@@ -103,11 +105,15 @@ def bench_size(
     load_s = bulk_load(svc, user, model_id_for(VIT_B_32), base)
     client = httpx.Client(base_url=svc.url, timeout=600)
 
+    spans: dict[str, list[float]] = {"embed": [], "index": []}
+
     def http_text(i: int) -> None:
         r = client.post(
             "/search", headers=headers, data={"query": f"a photo of a thing {i}", "top_k": "10"}
         )
         r.raise_for_status()
+        for name, ms in server_timing(r.headers.get("server-timing", "")).items():
+            spans.setdefault(name, []).append(ms / 1e3)
 
     def http_image(i: int) -> None:
         files = {"image": ("q.jpg", images[i % len(images)], "image/jpeg")}
@@ -144,24 +150,36 @@ def bench_size(
         vectors, _ = core.embed_tensors([core.decode_bytes(images[i % len(images)])])
         index.search(vectors, 10)
 
+    embedder = serve.get_deployment_handle(EMBEDDER, svc.settings.app_name)
+
+    def hop_embed(i: int) -> None:  # driver -> Embedder replica, text encode, back
+        embedder.embed_text.remote(f"a photo of a thing {i}").result()
+
+    query_bytes = queries[0].astype("<f4").tobytes()
+
+    def hop_index(i: int) -> None:  # driver -> IndexShard actor, search, back
+        ray.get(shard.search.remote(user, query_bytes, 10))
+
     faiss_only = []
     for q in queries[: args.queries]:
         t = time.perf_counter()
         index.search(q[None, :], 10)
         faiss_only.append(time.perf_counter() - t)
 
-    timings: dict[str, list[float]] = {
-        k: [] for k in ("http_text", "bare_text", "http_image", "bare_image")
-    }
     fns = {
         "http_text": http_text,
         "bare_text": bare_text,
         "http_image": http_image,
         "bare_image": bare_image,
+        "hop_embed": hop_embed,
+        "hop_index": hop_index,
     }
+    timings: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(args.warmup):
         for fn in fns.values():
             fn(i)
+    for values in spans.values():
+        values.clear()
     for i in range(args.queries):  # interleaved: each pair sees the same moment's load
         for name, fn in fns.items():
             t = time.perf_counter()
@@ -193,7 +211,35 @@ def bench_size(
             ]
         )
     assert size == n, f"the shard holds {size} vectors, expected {n}"
+    ms = {name: 1e3 * pct(values, 50) for name, values in {**timings, **spans}.items()}
+    app = ms["embed"] + ms["index"]
+    BREAKDOWN.append(
+        [
+            f"{n:,}",
+            f"{ms['http_text']:.1f}",
+            f"{ms['http_text'] - app:.1f}",
+            f"{ms['embed']:.1f}",
+            f"{ms['hop_embed']:.1f}",
+            f"{ms['bare_text']:.1f}",
+            f"{ms['index']:.1f}",
+            f"{ms['hop_index']:.2f}",
+            f"{1e3 * pct(faiss_only, 50):.2f}",
+        ]
+    )
     return rows
+
+
+BREAKDOWN: list[list[str]] = []
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """`embed;dur=104.2, index;dur=3.1` -> {"embed": 104.2, "index": 3.1} (ms)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
 
 
 def main() -> None:
@@ -246,6 +292,21 @@ def main() -> None:
         rows,
     )
     print(f"recall target: >= {RECALL_TARGET} at 1M (the recall column of the 1,000,000 rows)")
+    table(
+        "Where a text search's time goes (p50 ms): HTTP, and inside the ingress (Server-Timing)",
+        [
+            "n",
+            "http",
+            "outside the route (proxy, HTTP, auth)",
+            "embed (ingress -> Embedder)",
+            "embed (driver -> Embedder)",
+            "bare encode + faiss",
+            "index (ingress -> shard)",
+            "index (driver -> shard)",
+            "faiss",
+        ],
+        BREAKDOWN,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded, NotFound
 from lumen.ingest.images import to_browser_bytes
 from lumen.paths import resolve_item
-from lumen.search import clean_query, parse_mode, parse_top_k
+from lumen.search import Spans, clean_query, parse_mode, parse_top_k
 
 router = APIRouter(tags=["search"], responses=AUTH_ERRORS)
 
@@ -38,13 +38,21 @@ async def search(
     query: Annotated[str | None, Form()] = None,
     image: Annotated[UploadFile | None, File()] = None,
     top_k: Annotated[str | None, Form()] = None,
+    *,
+    response: Response,
 ) -> SearchResponse:
-    """Find the caller's most similar images to a text, an image, or both (vectors averaged)."""
+    """Find the caller's most similar images to a text, an image, or both (vectors averaged).
+
+    The `Server-Timing` header gives the wall time of the encode (`embed`) and the index
+    lookup (`index`) in ms.
+    """
     limits = svc.settings.limits
     k = parse_top_k(top_k, 5, limits.max_top_k)
     text = clean_query(query, limits.max_query_chars)
     data = await _read_query_image(image, limits.max_search_image_bytes)
-    hits = await svc.search.images(user, text, data, k)
+    spans = Spans()
+    hits = await svc.search.images(user, text, data, k, spans)
+    response.headers["Server-Timing"] = spans.header()
     ttl = svc.settings.auth.image_link_ttl_s
     return SearchResponse(
         results=[

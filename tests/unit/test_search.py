@@ -14,6 +14,7 @@ from lumen.search import (
     SearchHit,
     SearchMode,
     SearchService,
+    Spans,
     clean_query,
     parse_mode,
     parse_top_k,
@@ -78,6 +79,15 @@ def test_a_text_and_an_image_together_search_with_their_normalised_mean(tmp_path
     assert [(r.item, r.caption, r.similarity) for r in found] == [
         ("uploads/alice/a.jpg", "a dog", 0.912346)
     ]
+
+
+def test_a_search_times_its_encode_and_its_index_lookup(tmp_path: Path) -> None:
+    spans = Spans()
+    index = FakeIndex([SearchHit("uploads/alice/a.jpg", 0.5, "a dog")])
+    asyncio.run(service(tmp_path, index, FakeAnswerer()).images("alice", "dog", None, 1, spans))
+    assert list(spans.seconds) == ["embed", "index"]
+    assert all(s >= 0 for s in spans.seconds.values())
+    assert spans.header().startswith("embed;dur=") and ", index;dur=" in spans.header()
 
 
 def test_a_search_without_text_or_image_is_a_400(tmp_path: Path) -> None:
