@@ -13,7 +13,7 @@ from ray.exceptions import RayActorError
 from actors.index_shard import get_index_shard
 from actors.naming import dispatcher_name, named_actor, shard_for
 from lumen.config import Settings
-from lumen.dispatch import DispatchCore, WorkerDied
+from lumen.dispatch import DispatchCore, Part, WorkerDied
 from lumen.health import LiveReplicas
 from lumen.metrics import RayMetrics
 from lumen.naming import EMBEDDER
@@ -28,12 +28,12 @@ class _ServeEmbed:
 
     def __init__(self, app_name: str) -> None:
         self.handle = serve.get_deployment_handle(EMBEDDER, app_name).options(
-            method_name="embed_items"
+            method_name="embed_chunk"
         )
 
-    async def embed(self, user: str, items: list[str]) -> Sequence[EmbedResult]:
+    async def embed(self, parts: list[Part]) -> Sequence[EmbedResult]:
         try:
-            return await self.handle.remote(user, items)
+            return await self.handle.remote(parts)
         except RayActorError as exc:
             raise WorkerDied(str(exc)) from exc
 

@@ -76,6 +76,12 @@ class Embedder:
             raise RuntimeError(problem)
         self._ensure_heartbeat()
 
+    async def embed_chunk(self, parts: list[tuple[str, list[str]]]) -> list[EmbedResult]:
+        """Embed a chunk of several users' items (the dispatcher packs light users together,
+        so their items fill one batch as one heavy user's would)."""
+        groups = await asyncio.gather(*(self.embed_items(user, items) for user, items in parts))
+        return [result for group in groups for result in group]
+
     async def embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
         """Embed a chunk of one user's queued items: one request, many batch slots.
 

@@ -39,8 +39,13 @@ class WorkerDied(Exception):
     """The embedder replica serving a chunk died with it (the shell maps Ray's error here)."""
 
 
+Part = tuple[str, list[str]]  # one user's items within a chunk
+
+
 class Embed(Protocol):
-    async def embed(self, user: str, items: list[str]) -> Sequence[EmbedResult]: ...
+    """Embeds one chunk: items of one or more users, in one request to one replica."""
+
+    async def embed(self, parts: list[Part]) -> Sequence[EmbedResult]: ...
 
 
 class Commit(Protocol):
@@ -118,6 +123,26 @@ class Pacing:
 
     chunk: int
     window: int
+
+
+def pack(claimed: list[Part], chunk: int) -> list[list[Part]]:
+    """Chunks of at most `chunk` items across users, in claim order (a user's items may span
+    two chunks), so twenty users with five items each fill batches as one user with a
+    hundred would: the per-request cost is paid per chunk, not per user."""
+    chunks: list[list[Part]] = []
+    current: list[Part] = []
+    room = chunk
+    for user, items in claimed:
+        while items:
+            take, items = items[:room], items[room:]
+            current.append((user, take))
+            room -= len(take)
+            if room == 0:
+                chunks.append(current)
+                current, room = [], chunk
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def pace(settings: QueueSettings, batch_sizes: Sequence[int]) -> Pacing:
@@ -230,9 +255,9 @@ class DispatchCore:
         if free <= 0:
             return 0
         claimed = await asyncio.to_thread(self.claim, free)
-        for user, items in claimed:
-            self.inflight += len(items)
-            task = asyncio.get_running_loop().create_task(self.process(user, items))
+        for parts in pack(claimed, self.pacing.chunk):
+            self.inflight += sum(len(items) for _, items in parts)
+            task = asyncio.get_running_loop().create_task(self.process(parts))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return sum(len(items) for _, items in claimed)
@@ -274,31 +299,42 @@ class DispatchCore:
                     EventKind.ITEM_FAILED, user=r.user, item=r.item, reason="task timed out"
                 )
 
-    async def process(self, user: str, items: list[str]) -> None:
-        """Embed one user's chunk and settle every item in it: done, requeued or errored."""
+    async def process(self, parts: list[Part]) -> None:
+        """Embed one chunk and settle every item in it: done, requeued or errored."""
         try:
             try:
-                results = await self.embedder.embed(user, items)
+                results = await self.embedder.embed(parts)
             except WorkerDied:
-                await asyncio.to_thread(self.requeue_dead, user, items)
+                for user, items in parts:
+                    await asyncio.to_thread(self.requeue_dead, user, items)
                 return
             except Exception as exc:  # noqa: BLE001 - any other call failure: retry later
-                log.warning("embedder call for %s failed: %r", user, exc)
+                log.warning("embedder call for %s failed: %r", [u for u, _ in parts], exc)
                 reason = f"embedder call failed: {exc!r}"
-                failed = [Failure(i, reason, permanent=False) for i in items]
-                await asyncio.to_thread(self.fail, user, failed)
+                for user, items in parts:
+                    failed = [Failure(i, reason, permanent=False) for i in items]
+                    await asyncio.to_thread(self.fail, user, failed)
                 return
-            ok = [r for r in results if r.error is None]
-            failed = [Failure(r.item, r.error, r.permanent) for r in results if r.error is not None]
+            by_user: dict[str, list[EmbedResult]] = defaultdict(list)
+            for r in results:
+                by_user[r.user].append(r)
+            await asyncio.gather(*(self.settle(user, rs) for user, rs in by_user.items()))
+        except Exception:  # noqa: BLE001 - the deadline requeues whatever was lost here
+            log.exception("processing a chunk for %s failed", [u for u, _ in parts])
+        finally:
+            self.inflight -= sum(len(items) for _, items in parts)
+            self.wake()  # room for the next chunk
+
+    async def settle(self, user: str, results: list[EmbedResult]) -> None:
+        """Commit one user's vectors from a chunk and fail the rest."""
+        ok = [r for r in results if r.error is None]
+        failed = [Failure(r.item, r.error, r.permanent) for r in results if r.error is not None]
+        try:
             if ok:
                 await self.commit(user, ok)
+        finally:
             if failed:
                 await asyncio.to_thread(self.fail, user, failed)
-        except Exception:  # noqa: BLE001 - the deadline requeues whatever was lost here
-            log.exception("processing a chunk for %s failed", user)
-        finally:
-            self.inflight -= len(items)
-            self.wake()  # room for the next chunk
 
     async def commit(self, user: str, results: list[EmbedResult]) -> None:
         """Commit by the model that made each vector (two while a redeploy rolls over).

@@ -151,13 +151,16 @@ class FakeEmbed:
     calls: list[tuple[str, list[str]]] = field(default_factory=list)
     gate: asyncio.Event | None = None
 
-    async def embed(self, user: str, items: list[str]) -> Sequence[EmbedResult]:
-        self.calls.append((user, list(items)))
+    chunks: list[list[tuple[str, list[str]]]] = field(default_factory=list)
+
+    async def embed(self, parts: list[tuple[str, list[str]]]) -> Sequence[EmbedResult]:
+        self.chunks.append([(user, list(items)) for user, items in parts])
+        self.calls.extend((user, list(items)) for user, items in parts)
         if self.gate is not None:
             await self.gate.wait()
         if self.raises is not None:
             raise self.raises
-        return [self.behaviour.get(i, ok())(user, i) for i in items]
+        return [self.behaviour.get(i, ok())(user, i) for user, items in parts for i in items]
 
 
 @dataclass

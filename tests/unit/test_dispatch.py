@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from lumen.config import QueueSettings
-from lumen.dispatch import DispatchCore, Pacing, RoundRobin, WorkerDied, pace
+from lumen.dispatch import DispatchCore, Pacing, RoundRobin, WorkerDied, pace, pack
 from tests.support.dispatch_fakes import (
     FakeEmbed,
     FakeEvents,
@@ -207,6 +207,59 @@ def test_a_light_user_is_served_in_the_first_round_beside_a_heavy_one() -> None:
     queue.put("light", "l1")
     run(one_round(core))
     assert ("light", ["l1"]) in embed.calls
+
+
+def test_many_light_users_share_full_chunks_instead_of_one_small_chunk_each() -> None:
+    embed = FakeEmbed()
+    core, queue, _, index, _ = make_core(embed, batch=4, inflight=2)
+    for u in ("ann", "bob", "cat", "dan"):
+        queue.put(u, f"{u}1", f"{u}2")
+    run(one_round(core))
+    assert [sum(len(items) for _, items in chunk) for chunk in embed.chunks] == [4, 4]
+    assert {u for chunk in embed.chunks for u, _ in chunk} == {"ann", "bob", "cat", "dan"}
+    assert all(index.mirror[u] == {f"{u}1", f"{u}2"} for u in ("ann", "bob", "cat", "dan"))
+
+
+def test_a_mixed_chunk_settles_each_user_on_its_own() -> None:
+    embed = FakeEmbed(behaviour={"bob1": broken("corrupt", permanent=True)})
+    core, queue, events, index, _ = make_core(embed, batch=4, inflight=1)
+    queue.put("ann", "ann1")
+    queue.put("bob", "bob1", "bob2")
+    run(one_round(core))
+    assert len(embed.chunks) == 1
+    assert queue.done == {("ann", "ann1"), ("bob", "bob2")}
+    assert queue.errors == {("bob", "bob1"): "corrupt"}
+    assert index.mirror["ann"] == {"ann1"} and index.mirror["bob"] == {"bob2"}
+    assert core.inflight == 0
+
+
+def test_a_dead_worker_requeues_every_user_of_its_mixed_chunk() -> None:
+    embed = FakeEmbed(raises=WorkerDied("gone"))
+    core, queue, events, _, _ = make_core(embed, batch=4, inflight=1)
+    queue.put("ann", "ann1")
+    queue.put("bob", "bob1")
+    run(one_round(core))
+    assert queue.queues["ann"] == ["ann1"] and queue.queues["bob"] == ["bob1"]
+    assert core.inflight == 0
+
+
+@pytest.mark.parametrize(
+    ("claimed", "chunk", "sizes"),
+    [
+        ([("a", ["1", "2", "3"]), ("b", ["4"])], 4, [[("a", 3), ("b", 1)]]),
+        ([("a", ["1", "2", "3"]), ("b", ["4", "5"])], 4, [[("a", 3), ("b", 1)], [("b", 1)]]),
+        ([("a", [str(i) for i in range(9)])], 4, [[("a", 4)], [("a", 4)], [("a", 1)]]),
+        ([], 4, []),
+    ],
+)
+def test_pack_fills_chunks_across_users_in_claim_order(
+    claimed: list[tuple[str, list[str]]], chunk: int, sizes: list[list[tuple[str, int]]]
+) -> None:
+    packed = pack(claimed, chunk)
+    assert [[(u, len(items)) for u, items in c] for c in packed] == sizes
+    assert [i for c in packed for _, items in c for i in items] == [
+        i for _, items in claimed for i in items
+    ]
 
 
 def test_queue_depth_is_published_on_each_claim() -> None:
