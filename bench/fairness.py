@@ -91,6 +91,7 @@ def main() -> None:
                 ttd.append(done_at - queued_at)
                 ttd_from_request.append(done_at - start)
         heavy_times = sorted(svc.done_times(heavy).values())
+        svc_light_times = {user: list(svc.done_times(user).values()) for user, _ in lights}
     window = t_light_done - t_arrive
     light_total = args.light * args.per_light
     heavy_rate = (len(heavy_times) - 1) / (heavy_times[-1] - heavy_times[0])
@@ -100,6 +101,13 @@ def main() -> None:
     solo_rate = (len(solo) - 1) / (solo[-1] - solo[0])
     during_rate = heavy_during / window
     all_during_rate = (heavy_during + light_total) / window
+    # The same once every light upload has been answered (all their items queued): the
+    # dispatch path alone, without the 20 uploads' own CPU on the box.
+    t_queued = max(queued_at for _, queued_at in answered.values())
+    light_times = [t for user, _ in lights for t in svc_light_times[user]]
+    in_queued = sum(t_queued <= t <= t_light_done for t in light_times)
+    heavy_queued = sum(t_queued <= t <= t_light_done for t in heavy_times)
+    queued_window = max(t_light_done - t_queued, 1e-9)
     p95 = pct(ttd, 95)
     print(
         f"# heavy upload {t_heavy_queued - t0:.1f} s for {queued} items; all heavy done"
@@ -139,6 +147,8 @@ def main() -> None:
     table(
         "Throughput while the light users are active, against the heavy user's solo rate",
         [
+            "window",
+            "s",
             "heavy solo img/s",
             "heavy img/s, light active",
             "heavy / solo",
@@ -148,13 +158,25 @@ def main() -> None:
         ],
         [
             [
+                "light uploads start -> light all done",
+                f"{window:.2f}",
                 f"{solo_rate:.0f}",
                 f"{during_rate:.0f}",
                 f"{during_rate / solo_rate:.2f}",
                 f"{all_during_rate:.0f}",
                 f"{all_during_rate / solo_rate:.2f}",
                 verdict(all_during_rate / solo_rate >= SOLO_TARGET),
-            ]
+            ],
+            [
+                "all light items queued -> light all done",
+                f"{queued_window:.2f}",
+                f"{solo_rate:.0f}",
+                f"{heavy_queued / queued_window:.0f}",
+                f"{heavy_queued / queued_window / solo_rate:.2f}",
+                f"{(heavy_queued + in_queued) / queued_window:.0f}",
+                f"{(heavy_queued + in_queued) / queued_window / solo_rate:.2f}",
+                verdict((heavy_queued + in_queued) / queued_window / solo_rate >= SOLO_TARGET),
+            ],
         ],
     )
 
