@@ -70,13 +70,16 @@ class Dispatcher:
     def __init__(self, settings: Settings, shard: int = 0) -> None:
         stores = Stores(settings)
         shards = settings.queue.dispatchers
+        self.queue = stores.queue.for_shard(shard)  # this shard's active users and deadlines
+        self.owns = None if shards == 1 else (lambda user: shard_for(user, shards) == shard)
         self.core = DispatchCore(
-            settings.queue, stores.queue, stores.events,
+            settings.queue, self.queue, stores.events,
             _ServeEmbed(settings.app_name), _ShardCommit(settings), RayMetrics(),
             replicas=LiveReplicas(stores.heartbeats, settings.monitor.stale_after_s),
-            owns=None if shards == 1 else (lambda user: shard_for(user, shards) == shard),
+            owns=self.owns,
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
+        self._adopted = False
 
     async def wake(self) -> None:
         """Items were queued or requeued for this shard's users: claim now."""
@@ -87,8 +90,19 @@ class Dispatcher:
         if self._task is None or self._task.done():
             if self._task is not None and not self._task.cancelled() and self._task.exception():
                 log.error("dispatch loop died: %r; restarting", self._task.exception())
-            self._task = asyncio.get_running_loop().create_task(self.core.run())
+            self._task = asyncio.get_running_loop().create_task(self._run())
         return True
+
+    async def _run(self) -> None:
+        """Adopt this shard's users once (see `QueueStore.adopt`), then dispatch forever."""
+        if not self._adopted:
+            try:
+                n = await asyncio.to_thread(self.queue.adopt, self.owns)
+                self._adopted = True
+                log.info("dispatcher adopted %d users with queued or processing items", n)
+            except Exception:  # noqa: BLE001 - Redis restarting: dispatch; adopt next start
+                log.exception("adopting this shard's users failed")
+        await self.core.run()
 
 
 def get_dispatcher(settings: Settings, shard: int = 0) -> ray.actor.ActorHandle:
