@@ -22,6 +22,7 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
     sha:{u}             hash   sha256 -> item (content dedupe)
     vblk:{u}:{b}        string vectors of ids b*4095 .. b*4095+4094: id i's float32 bytes at
                                offset (i % 4095) * dim * 4 (SETRANGE; ~1.0x raw bytes)
+    vscratch:{u}        string scratch of the vector scripts, deleted before each returns
     vec:{u}             hash   LEGACY vector id -> float32 bytes; moved into blocks on load
     vid:{u}             hash   item -> vector id
     vitem:{u}           hash   vector id -> item (one field per stored vector: the count)
@@ -127,6 +128,10 @@ class Keys:
         """Vectors of ids `block * VECTOR_BLOCK_IDS` onwards, packed in one string."""
         return f"{self.ns}:vblk:{{{user}}}:{block}"
 
+    def vscratch(self, user: str) -> str:
+        """Scratch space of the vector scripts (grows a block exactly); never left behind."""
+        return f"{self.ns}:vscratch:{{{user}}}"
+
     def vblocks(self, user: str, last_id: int) -> list[str]:
         """Every block key that ids 1..`last_id` can have used."""
         return [self.vblock(user, b) for b in range(last_id // VECTOR_BLOCK_IDS + 1)]
@@ -173,6 +178,7 @@ class Keys:
             self.pdftext(user),
             self.sha(user),
             self.vec(user),
+            self.vscratch(user),
             self.vid(user),
             self.vitem(user),
             self.vinfo(user),

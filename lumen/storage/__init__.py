@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from lumen.config import Settings
 from lumen.keys import Keys
@@ -15,6 +16,7 @@ from lumen.storage.users import UserStore
 from lumen.storage.vectors import VectorStore
 
 __all__ = [
+    "REDIS_ERRORS",
     "Client",
     "EventStore",
     "HeartbeatStore",
@@ -28,6 +30,10 @@ __all__ = [
     "connect",
 ]
 
+
+# What a store call raises when Redis is unreachable or refuses: the cluster client's own
+# "no reachable node" errors are not `RedisError`s.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -85,5 +91,5 @@ class Stores:
     def ping(self) -> bool:
         try:
             return bool(self.redis.ping())
-        except redis.RedisError:
+        except REDIS_ERRORS:
             return False

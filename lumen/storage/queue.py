@@ -367,7 +367,7 @@ class QueueStore:
         k = self._k
         while True:  # again when a commit issued ids beyond the blocks declared
             last = int(self._r.get(k.vseq(user)) or 0)
-            keys = [k.vseq(user), *k.user_keys(user), k.vec(user), *k.vblocks(user, last)]
+            keys = [k.vseq(user), *k.user_keys(user), *k.vblocks(user, last)]
             if self._reset(keys=keys, args=[last]):
                 break
         self._settle_active(user)

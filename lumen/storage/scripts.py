@@ -13,8 +13,9 @@ the scripts (see `lumen.storage.queue`), so no script ever spans two slots.
 Vectors live in fixed-size blocks (`vblk:{u}:{b}`, `VECTOR_BLOCK_IDS` ids each): id `i` at
 offset `(i % per) * dim * 4` of block `i // per`. The caller declares the blocks a commit may
 write; a commit that would need an undeclared one changes nothing and answers `blocks`, and
-the caller calls again with them. A block whose last slot is written is copied once into an
-exactly sized string (SETRANGE grows strings greedily, by up to 1 MB).
+the caller calls again with them. A block grows in steps of the allocator's size classes,
+each one exact allocation made in C (a SETRANGE past the end would grow it greedily:
+doubling, or by 1 MB at a time), zero-padded; a full block is exactly its 4095 vectors.
 
 Idempotency: each script gives the same answer when it runs twice, which is what happens when
 redis-py resends a call whose reply was lost (a dropped connection, a Redis restart):
@@ -210,6 +211,16 @@ return 1
 _BLOCKS = """
 local function block_of(id) return math.floor(id / per) end
 local function offset_of(id) return (id % per) * row end
+-- the longest string of at least n bytes whose allocation (10 bytes of header and end
+-- added) is exactly one jemalloc size class: 4 classes per power of two
+local function fitted(n)
+  local m = n + 10
+  if m <= 64 then return math.ceil(m / 16) * 16 - 10 end
+  local p = 64
+  while p * 2 < m do p = p * 2 end
+  local step = p / 4
+  return math.ceil(m / step) * step - 10
+end
 local function stored(id)
   local legacy = redis.call('HGET', legacy_key, id)
   if legacy then return legacy end
@@ -219,16 +230,29 @@ local function stored(id)
 end
 local function store(id, blob)
   local key = blocks[block_of(id)]
-  redis.call('SETRANGE', key, offset_of(id), blob)
-  redis.call('HDEL', legacy_key, id)
-  if id % per == per - 1 then  -- the block is now full length: keep it exactly that size
-    redis.call('SET', key, redis.call('GET', key))
+  local off = offset_of(id)
+  local len = redis.call('STRLEN', key)
+  if off + row > len then
+    -- grow to a fitted size in one exact allocation: a SETRANGE past the end of a string
+    -- grows it greedily (doubling, or by 1 MB), up to a quarter or more wasted. A SETRANGE
+    -- on a missing key allocates exactly (zeroed), and BITOP OR writes an exact result.
+    local size = math.max(off + row, math.min(fitted(off + row), per * row))
+    if len == 0 then
+      redis.call('SETRANGE', key, size - 1, '\\0')
+    else
+      redis.call('DEL', scratch)
+      redis.call('SETRANGE', scratch, size - 1, '\\0')
+      redis.call('BITOP', 'OR', key, key, scratch)
+      redis.call('DEL', scratch)
+    end
   end
+  redis.call('SETRANGE', key, off, blob)
+  redis.call('HDEL', legacy_key, id)
 end
 """
 
 # KEYS: processing, deadline, done, errors, vid, vitem, vseq, vinfo, caption, vec (legacy),
-#       block*
+#       vscratch, block*
 # ARGV: now, model_id, dim, ids per block, block count, block number*, (item, bytes, caption)*
 # Returns {status, {item, id}*}: status 'ok', 'blocks' (a block it needs is not declared:
 # nothing changed) or 'model_mismatch:<stored model>'. The pairs name every item done with
@@ -241,9 +265,9 @@ if info[1] and (info[1] ~= ARGV[2] or info[2] ~= ARGV[3]) then
   return {'model_mismatch:' .. info[1] .. '/' .. info[2], {}}
 end
 local row, per, nblocks = 4 * tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local legacy_key = KEYS[10]
+local legacy_key, scratch = KEYS[10], KEYS[11]
 local blocks = {}
-for j = 1, nblocks do blocks[tonumber(ARGV[5 + j])] = KEYS[10 + j] end
+for j = 1, nblocks do blocks[tonumber(ARGV[5 + j])] = KEYS[11 + j] end
 local first = 6 + nblocks
 """
     + _BLOCKS
@@ -298,14 +322,15 @@ return {'ok', committed}
 
 # Legacy vectors (the `vec` hash of id -> bytes) into blocks, a batch at a time; an id the
 # hash no longer holds (a commit rewrote it into its block since) is skipped.
-# KEYS: vec (legacy), block*   ARGV: dim, ids per block, block count, block number*, (id, bytes)*
+# KEYS: vec (legacy), vscratch, block*
+# ARGV: dim, ids per block, block count, block number*, (id, bytes)*
 # Returns how many moved.
 MIGRATE_VECTORS = (
     """
 local row, per, nblocks = 4 * tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local legacy_key = KEYS[1]
+local legacy_key, scratch = KEYS[1], KEYS[2]
 local blocks = {}
-for j = 1, nblocks do blocks[tonumber(ARGV[3 + j])] = KEYS[1 + j] end
+for j = 1, nblocks do blocks[tonumber(ARGV[3 + j])] = KEYS[2 + j] end
 """
     + _BLOCKS
     + """
@@ -321,7 +346,8 @@ return moved
 """
 )
 
-# A full block copied into an exactly sized string.   KEYS: block   Returns 1, or 0 if absent.
+# A block copied into an exactly sized string (after a bulk load's SETRANGEs).
+# KEYS: block   Returns 1, or 0 if absent.
 COMPACT_BLOCK = """
 local data = redis.call('GET', KEYS[1])
 if not data then return 0 end

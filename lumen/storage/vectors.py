@@ -103,6 +103,7 @@ class VectorStore:
         keys = [
             k.processing(user), k.deadline(user), k.done(user), k.errors(user), k.vid(user),
             k.vitem(user), k.vseq(user), k.vinfo(user), k.caption(user), k.vec(user),
+            k.vscratch(user),
         ]  # fmt: skip
         items = [item for item, _, _ in rows]
         extra = 0
@@ -193,7 +194,7 @@ class VectorStore:
                 args: list[Any] = [dim, self.per, len(blocks), *blocks]
                 for vid, blob in batch:
                     args += [vid, blob]
-                keys = [legacy, *(self._k.vblock(user, b) for b in blocks)]
+                keys = [legacy, self._k.vscratch(user), *(self._k.vblock(user, b) for b in blocks)]
                 moved += int(self._migrate(keys=keys, args=args))
             if cursor == 0:
                 break  # one full pass moves every id (commits add none to the hash)
@@ -240,6 +241,5 @@ class VectorStore:
             pipe.hset(k.vitem(user), str(vid), item)
             pipe.zadd(k.done(user), {item: now})
         pipe.execute()
-        for block in blocks_of(ids, self.per):  # exactly sized, as a commit leaves them
-            if ids[0] <= (block + 1) * self.per - 1 <= ids[-1]:
-                self._compact(keys=[k.vblock(user, block)])
+        for block in blocks_of(ids, self.per):  # SETRANGE grew them greedily: exact now
+            self._compact(keys=[k.vblock(user, block)])
