@@ -86,6 +86,7 @@ def legacy(stores: Stores, user: str, blobs: list[bytes], model: str, dim: int) 
     for vid, blob in enumerate(blobs, start=1):
         pipe.hset(k.vec(user), str(vid), blob)
         pipe.hset(k.vitem(user), str(vid), f"uploads/{user}/i{vid}.jpg")
+        pipe.hset(k.vid(user), f"uploads/{user}/i{vid}.jpg", vid)
         if vid % 5000 == 0:
             pipe.execute()
     pipe.set(k.vseq(user), len(blobs))
@@ -145,7 +146,7 @@ def main() -> None:
             rows.append(
                 ["hash (before)", 1, f"{held / opts.n:,.0f}", f"{ratio:.3f}",
                  "yes" if ratio <= LIMIT else "NO",
-                 f"{usage(r, [k.vitem(user)]) / opts.n:,.0f}", f"{hash_load_s:.2f}",
+                 f"{usage(r, [k.vitem(user), k.vid(user)]) / opts.n:,.0f}", f"{hash_load_s:.2f}",
                  "HSET per vector"]
             )  # fmt: skip
             t0 = time.perf_counter()

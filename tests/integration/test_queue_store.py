@@ -364,3 +364,48 @@ def test_every_user_key_carries_the_user_as_a_cluster_hash_tag(stores: Stores) -
     ]
     assert all("{alice}" in key for key in per_user)
     assert k.queue("alice") == f"{k.ns}:queue:{{alice}}"
+
+
+def _stale_vseq_once(stores: Stores, monkeypatch: pytest.MonkeyPatch, user: str) -> list[str]:
+    """The next read of the user's `vseq` answers 0 (ids issued since the caller looked)."""
+    real_get, stale = stores.redis.get, []
+
+    def get(key: str) -> object:
+        if key == stores.keys.vseq(user) and not stale:
+            stale.append(key)
+            return b"0"
+        return real_get(key)
+
+    monkeypatch.setattr(stores.redis, "get", get)
+    return stale
+
+
+def test_a_commit_that_needs_an_undeclared_block_changes_nothing_and_is_sent_again(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lumen.storage.vectors import VectorStore
+
+    vectors = VectorStore(stores.redis, stores.keys, per_block=4)
+    stores.queue.enqueue("alice", _items("alice", 7))
+    first = stores.queue.claim("alice", 5, "w", timeout_s=30)
+    vectors.commit("alice", "m", 1, [(i, bytes([n]) * 4, "") for n, i in enumerate(first)])
+    rest = stores.queue.claim("alice", 2, "w", timeout_s=30)
+    stale = _stale_vseq_once(stores, monkeypatch, "alice")  # would declare block 0 only
+    got = vectors.commit("alice", "m", 1, [(i, bytes([9]) * 4, "") for i in rest])
+    assert stale and sorted(got.values()) == [6, 7]  # in block 1, declared on the resend
+    ids = [i for chunk, _ in vectors.scan("alice") for i in chunk]
+    assert ids == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_reset_declares_blocks_again_when_ids_moved_on(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores.queue.enqueue("alice", _items("alice", 3))
+    got = stores.queue.claim("alice", 3, "w", timeout_s=30)
+    stores.vectors.commit("alice", "m", 1, [(i, bytes(4), "") for i in got])
+    stores.redis.set(stores.keys.vseq("alice"), 5000)  # ids past the first block
+    stores.redis.setrange(stores.keys.vblock("alice", 1), 0, b"x")
+    stale = _stale_vseq_once(stores, monkeypatch, "alice")
+    stores.queue.reset("alice")
+    assert stale and stores.redis.exists(*stores.keys.vblocks("alice", 5000)) == 0
+    assert stores.vectors.count("alice") == 0
