@@ -177,8 +177,11 @@ class QueueStore:
 
     def active_users(self) -> list[str]:
         """Users (of this view's shards) that may have queued items."""
+        return self._active_in(self._scoped())
+
+    def _active_in(self, shards: list[int]) -> list[str]:
         users: set[str] = set()
-        for shard in self._scoped():
+        for shard in shards:
             users.update(text(u) for u in self._r.smembers(self._k.active(shard)))
         return sorted(users)
 
@@ -434,8 +437,7 @@ class QueueStore:
     def depth(self) -> dict[str, int]:
         """Queued and processing items across all users (for metrics)."""
         k = self._k
-        every = QueueStore(self._r, k, self.shards)
-        users = every.active_users()
+        users = self._active_in(list(range(self.shards)))
         busy = sorted(
             {text(u) for s in range(self.shards) for u in self._r.zrange(k.deadlines(s), 0, -1)}
         )
