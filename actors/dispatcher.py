@@ -80,6 +80,7 @@ class Dispatcher:
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
         self._adopted = False
+        self._adopting: asyncio.Task[None] | None = None
 
     async def wake(self) -> None:
         """Items were queued or requeued for this shard's users: claim now."""
@@ -94,15 +95,24 @@ class Dispatcher:
         return True
 
     async def _run(self) -> None:
-        """Adopt this shard's users once (see `QueueStore.adopt`), then dispatch forever."""
+        """Dispatch forever; adopt this shard's users once, beside it (see `_adopt`)."""
         if not self._adopted:
-            try:
-                n = await asyncio.to_thread(self.queue.adopt, self.owns)
-                self._adopted = True
-                log.info("dispatcher adopted %d users with queued or processing items", n)
-            except Exception:  # noqa: BLE001 - Redis restarting: dispatch; adopt next start
-                log.exception("adopting this shard's users failed")
+            self._adopted = True
+            # kept, so the task is not collected while it runs
+            self._adopting = asyncio.get_running_loop().create_task(self._adopt())
         await self.core.run()
+
+    async def _adopt(self) -> None:
+        """Announce users whose entries in this shard's indexes were lost (a crash between
+        a script and its announcement, a changed shard count, the single-Redis layout):
+        one SCAN of the keyspace, so it runs beside the dispatch loop, not before it."""
+        try:
+            n = await asyncio.to_thread(self.queue.adopt, self.owns)
+            log.info("dispatcher adopted %d users with queued or processing items", n)
+            self.core.wake()
+        except Exception:  # noqa: BLE001 - Redis restarting: try again on the next start
+            self._adopted = False
+            log.exception("adopting this shard's users failed")
 
 
 def get_dispatcher(settings: Settings, shard: int = 0) -> ray.actor.ActorHandle:
