@@ -33,8 +33,8 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
 
 Cross-user, one per dispatcher shard `s` (users hash to shards by `shard_of`):
 
-    active:{s}          set    users of the shard that may have queued items (round robin)
-    deadlines:{s}       zset   user -> a time at or before the user's earliest deadline
+    active:<s>          set    users of the shard that may have queued items (round robin)
+    deadlines:<s>       zset   user -> a time at or before the user's earliest deadline
 
 Global (small, bounded, not per-user work):
 

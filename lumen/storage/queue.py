@@ -6,12 +6,12 @@ remember their answer under a reply key unique to the call (see `lumen.storage.s
 Each script touches one user's keys only (one Redis Cluster slot). Two cross-user indexes per
 dispatcher shard tell the dispatcher where to look, and are kept here, outside the scripts:
 
-- `active:{s}`, users that may have queued items. Announced before a script can push (a
+- `active:<s>`, users that may have queued items. Announced before a script can push (a
   crash between them leaves a harmless extra entry) and again after it did; a claim that
   leaves the queue empty removes the user, then re-reads the queue and re-adds the user if
   an item arrived meanwhile. Whichever order a push and a removal interleave in, the user
   stays in the set while items wait.
-- `deadlines:{s}`, user -> a time at or before the user's earliest deadline. A claim
+- `deadlines:<s>`, user -> a time at or before the user's earliest deadline. A claim
   announces its deadline (`ZADD LT`) before and after its script; a sweep removes the user,
   then re-reads the user's `deadline:{u}` and re-adds its earliest. An entry may be early
   (the sweep then finds nothing due and moves it on), never late.

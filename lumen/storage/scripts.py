@@ -7,8 +7,8 @@ never undone by a late worker.
 
 Every key a script touches arrives in KEYS, built by `lumen.keys.Keys`; no key name is made
 in Lua, and every script's keys are one user's (one hash tag, one Redis Cluster slot). The
-cross-user indexes (`active:{shard}`, `deadlines:{shard}`) are kept by the callers, outside
-the scripts (see `lumen.storage.queue`), so no script ever spans two slots.
+cross-user indexes (`active:<shard>`, `deadlines:<shard>`, no hash tag) are kept by the
+callers, outside the scripts (see `lumen.storage.queue`), so no script spans two slots.
 
 Vectors live in fixed-size blocks (`vblk:{u}:{b}`, `VECTOR_BLOCK_IDS` ids each): id `i` at
 offset `(i % per) * dim * 4` of block `i // per`. The caller declares the blocks a commit may
