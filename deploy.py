@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis
 import yaml
 
 from lumen.config import RedisSettings, Settings
@@ -41,10 +40,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def redis_answers(url: str) -> bool:
+def redis_answers(url: str, cluster: bool = False) -> bool:
+    """Whether the Redis (or Redis Cluster: `redis+cluster://` or `cluster`) answers PING."""
+    from lumen.storage import REDIS_ERRORS, connect
+
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
+        client = connect(url, cluster, socket_connect_timeout=1, retry=None, retry_on_error=[])
+        return bool(client.ping())
+    except (*REDIS_ERRORS, ValueError):
         return False
 
 
@@ -210,14 +213,15 @@ def main() -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     redis_proc = None
     url = os.environ.get("REDIS_URL") or os.environ.get("LUMEN_REDIS__URL")
-    if url and redis_answers(url):
+    if url and redis_answers(url, settings.redis.cluster):
         print(f"Using Redis at {redact_url(url)}")
     else:
         if url:
             print(f"Redis at {redact_url(url)} does not answer; starting a local one with AOF")
         redis_proc, url = start_redis(data_dir)
         print(f"Started redis-server ({url}), AOF in {data_dir / 'redis'}")
-    settings = Settings(data_dir=data_dir, redis=RedisSettings(url=url)).with_local_secret()
+    redis_settings = RedisSettings(url=url, cluster=settings.redis.cluster)
+    settings = Settings(data_dir=data_dir, redis=redis_settings).with_local_secret()
 
     # Before Ray starts: a secret Redis URL is exported here, for the workers to inherit.
     overrides = {"data_dir": str(data_dir), "redis": {"url": url}}

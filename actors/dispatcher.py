@@ -70,13 +70,17 @@ class Dispatcher:
     def __init__(self, settings: Settings, shard: int = 0) -> None:
         stores = Stores(settings)
         shards = settings.queue.dispatchers
+        self.queue = stores.queue.for_shard(shard)  # this shard's active users and deadlines
+        self.owns = None if shards == 1 else (lambda user: shard_for(user, shards) == shard)
         self.core = DispatchCore(
-            settings.queue, stores.queue, stores.events,
+            settings.queue, self.queue, stores.events,
             _ServeEmbed(settings.app_name), _ShardCommit(settings), RayMetrics(),
             replicas=LiveReplicas(stores.heartbeats, settings.monitor.stale_after_s),
-            owns=None if shards == 1 else (lambda user: shard_for(user, shards) == shard),
+            owns=self.owns,
         )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
+        self._adopted = False
+        self._adopting: asyncio.Task[None] | None = None
 
     async def wake(self) -> None:
         """Items were queued or requeued for this shard's users: claim now."""
@@ -87,8 +91,28 @@ class Dispatcher:
         if self._task is None or self._task.done():
             if self._task is not None and not self._task.cancelled() and self._task.exception():
                 log.error("dispatch loop died: %r; restarting", self._task.exception())
-            self._task = asyncio.get_running_loop().create_task(self.core.run())
+            self._task = asyncio.get_running_loop().create_task(self._run())
         return True
+
+    async def _run(self) -> None:
+        """Dispatch forever; adopt this shard's users once, beside it (see `_adopt`)."""
+        if not self._adopted:
+            self._adopted = True
+            # kept, so the task is not collected while it runs
+            self._adopting = asyncio.get_running_loop().create_task(self._adopt())
+        await self.core.run()
+
+    async def _adopt(self) -> None:
+        """Announce users whose entries in this shard's indexes were lost (a crash between
+        a script and its announcement, a changed shard count, the single-Redis layout):
+        one SCAN of the keyspace, so it runs beside the dispatch loop, not before it."""
+        try:
+            n = await asyncio.to_thread(self.queue.adopt, self.owns)
+            log.info("dispatcher adopted %d users with queued or processing items", n)
+            self.core.wake()
+        except Exception:  # noqa: BLE001 - Redis restarting: try again on the next start
+            self._adopted = False
+            log.exception("adopting this shard's users failed")
 
 
 def get_dispatcher(settings: Settings, shard: int = 0) -> ray.actor.ActorHandle:

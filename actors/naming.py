@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import ray
 
 from lumen.config import Settings
+from lumen.keys import shard_of
 
 NAMESPACE = "lumen"
 
@@ -25,8 +25,9 @@ def index_shard_name(app_name: str, shard: int) -> str:
 
 
 def shard_for(user: str, shards: int) -> int:
-    """Stable user -> shard mapping (crc32: the same in every process, unlike hash())."""
-    return zlib.crc32(user.encode()) % shards
+    """Stable user -> shard mapping (crc32: the same in every process, unlike hash()); the
+    same as `lumen.keys.shard_of`, which the queue's per-shard indexes use."""
+    return shard_of(user, shards)
 
 
 def named_actor(

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.exceptions import RayError
+from redis.exceptions import RedisClusterException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.deps import VERIFIED, Svc, services_of
@@ -23,6 +24,7 @@ from lumen import metrics
 from lumen.auth import client_address
 from lumen.config import Settings
 from lumen.errors import LimitExceeded, LumenError, ServiceUnavailable, TooManyRequests
+from lumen.storage import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class RequestGate:
             except LumenError as exc:
                 await _send_error(exc, send)
                 return
-            except redis.RedisError:  # outside the app's handlers: answer as they would
+            except REDIS_ERRORS:  # outside the app's handlers: answer as they would
                 log.warning("redis unavailable while checking a token", exc_info=True)
                 await _send_error(ServiceUnavailable("storage is unavailable; retry shortly"), send)
                 return
@@ -171,8 +173,9 @@ async def ray_error(_: Request, exc: RayError) -> JSONResponse:
     )
 
 
+@app.exception_handler(RedisClusterException)  # a cluster with no reachable node
 @app.exception_handler(redis.RedisError)
-async def redis_error(_: Request, exc: redis.RedisError) -> JSONResponse:
+async def redis_error(_: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unavailable: %r", exc)
     return JSONResponse(
         {"detail": "storage is unavailable; retry shortly", "code": "unavailable"},

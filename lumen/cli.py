@@ -353,11 +353,10 @@ def new_password(args: argparse.Namespace) -> str:
 
 def cmd_admin_create_user(client: LumenClient, args: argparse.Namespace) -> int:
     """Create an account directly in Redis; works while public signup is closed."""
-    import redis
-
     from lumen.auth import create_account
     from lumen.config import Settings
     from lumen.errors import LumenError
+    from lumen.storage import REDIS_ERRORS
 
     password = new_password(args)
     settings = Settings()
@@ -365,7 +364,7 @@ def cmd_admin_create_user(client: LumenClient, args: argparse.Namespace) -> int:
         create_account(operator_users(settings), settings.auth, args.username, password)
     except LumenError as exc:
         raise ClientError(exc.message) from exc
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise ClientError(f"Redis did not answer ({exc}); check LUMEN_REDIS__URL") from exc
     print(f"Created user {args.username}.")
     return 0

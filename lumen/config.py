@@ -19,6 +19,9 @@ class RedisSettings(BaseModel):
 
     url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "lumen"
+    # Talk to a Redis Cluster (ElastiCache cluster mode) through redis-py's cluster client;
+    # `url` names any one node. A `redis+cluster://` (or `rediss+cluster://`) URL does too.
+    cluster: bool = False
 
 
 class ModelSettings(BaseModel):

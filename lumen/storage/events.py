@@ -6,17 +6,16 @@ import json
 import time
 from typing import Any
 
-import redis
-
 from lumen.events import EventKind
 from lumen.keys import Keys
+from lumen.storage.client import Client
 from lumen.storage.text import text
 
 
 class EventStore:
     """A capped list of JSON events, newest first."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, cap: int) -> None:
+    def __init__(self, client: Client, keys: Keys, cap: int) -> None:
         self._r = client
         self._k = keys
         self._cap = cap
@@ -60,7 +59,7 @@ return 1
 class HeartbeatStore:
     """Each worker's latest metrics, keyed by its stable id; beats expire after `ttl_s`."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: float = 600.0) -> None:
+    def __init__(self, client: Client, keys: Keys, ttl_s: float = 600.0) -> None:
         self._r = client
         self._k = keys
         self._ttl_s = max(1, int(ttl_s))

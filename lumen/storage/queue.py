@@ -2,6 +2,22 @@
 
 Every call is idempotent under redis-py's resend of a call whose reply was lost: the scripts
 remember their answer under a reply key unique to the call (see `lumen.storage.scripts`).
+
+Each script touches one user's keys only (one Redis Cluster slot). Two cross-user indexes per
+dispatcher shard tell the dispatcher where to look, and are kept here, outside the scripts:
+
+- `active:<s>`, users that may have queued items. Announced before a script can push (a
+  crash between them leaves a harmless extra entry) and again after it did; a claim that
+  leaves the queue empty removes the user, then re-reads the queue and re-adds the user if
+  an item arrived meanwhile. Whichever order a push and a removal interleave in, the user
+  stays in the set while items wait.
+- `deadlines:<s>`, user -> a time at or before the user's earliest deadline. A claim
+  announces its deadline (`ZADD LT`) before and after its script; a sweep removes the user,
+  then re-reads the user's `deadline:{u}` and re-adds its earliest. An entry may be early
+  (the sweep then finds nothing due and moves it on), never late.
+
+`adopt` rebuilds both from the keyspace (a SCAN of every node): on a dispatcher's start, after
+the dispatcher count changed, and to move the single-Redis layout's global keys over.
 """
 
 from __future__ import annotations
@@ -10,15 +26,14 @@ import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from lumen.keys import Keys
+from lumen.keys import Keys, shard_of
 from lumen.states import ItemState
 from lumen.storage import scripts
+from lumen.storage.client import Client
 from lumen.storage.text import text, text_map
 
 
@@ -75,9 +90,15 @@ class QueueStatus:
 class QueueStore:
     """The queue state machine; every transition is one Lua script."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(
+        self, client: Client, keys: Keys, shards: int = 1, scope: int | None = None
+    ) -> None:
+        """`shards`: dispatcher shards; `scope`: the one shard this view sweeps and claims
+        for (`for_shard`), or None for every shard."""
         self._r = client
         self._k = keys
+        self.shards = max(1, shards)
+        self.scope = scope
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._claim = client.register_script(scripts.CLAIM)
         self._assign = client.register_script(scripts.ASSIGN)
@@ -97,15 +118,18 @@ class QueueStore:
         in `queued` and the new name in `duplicates`. Usage counts newly stored items only.
         """
         k = self._k
-        args: list[Any] = [REPLY_TTL_S, user]
+        args: list[Any] = [REPLY_TTL_S]
         for it in items:
             meta = json.dumps({**it.meta, "sha256": it.sha256, "size": it.size})
             args += [it.item, it.sha256, meta, it.text, it.size]
         keys = [
-            self._reply(user), k.queue(user), k.meta(user), k.sha(user), k.active,
+            self._reply(user), k.queue(user), k.meta(user), k.sha(user),
             k.pdftext(user), k.usage(user), k.errors(user), k.retries(user),
         ]  # fmt: skip
+        self._announce(user)
         queued, dups = self._enqueue(keys=keys, args=args)
+        if queued:
+            self._announce(user)
         pairs = [text(x) for x in dups]
         return EnqueueResult(
             [text(x) for x in queued], dict(zip(pairs[::2], pairs[1::2], strict=True))
@@ -115,15 +139,107 @@ class QueueStore:
         raw_bytes, raw_items = self._r.hmget(self._k.usage(user), ["bytes", "items"])
         return Usage(int(raw_bytes or 0), int(raw_items or 0))
 
+    # -- the per-shard indexes ---------------------------------------------------------
+
+    def shard(self, user: str) -> int:
+        return shard_of(user, self.shards)
+
+    def for_shard(self, shard: int) -> QueueStore:
+        """A view that claims and sweeps only the users of dispatcher shard `shard`."""
+        return QueueStore(self._r, self._k, self.shards, shard)
+
+    def _scoped(self) -> list[int]:
+        return list(range(self.shards)) if self.scope is None else [self.scope]
+
+    def _announce(self, user: str) -> None:
+        """`user` may have queued items (before and after any script that can push)."""
+        self._r.sadd(self._k.active(self.shard(user)), user)
+
+    def _settle_active(self, user: str) -> None:
+        """Drop `user` from its active set unless items are queued (remove, re-check, re-add)."""
+        key = self._k.active(self.shard(user))
+        self._r.srem(key, user)
+        if self._r.llen(self._k.queue(user)):
+            self._r.sadd(key, user)
+
+    def _announce_deadline(self, user: str, when: float) -> None:
+        """`user` has (or is about to have) an item due at `when`: keep the earliest."""
+        self._r.zadd(self._k.deadlines(self.shard(user)), {user: when}, lt=True)
+
+    def _settle_deadline(self, user: str) -> None:
+        """Point the shard's entry at the user's earliest deadline, or drop it (remove,
+        re-check, re-add)."""
+        key = self._k.deadlines(self.shard(user))
+        self._r.zrem(key, user)
+        first = self._r.zrange(self._k.deadline(user), 0, 0, withscores=True)
+        if first:
+            self._r.zadd(key, {user: float(first[0][1])}, lt=True)
+
     def active_users(self) -> list[str]:
-        return sorted(text(u) for u in self._r.smembers(self._k.active))
+        """Users (of this view's shards) that may have queued items."""
+        return self._active_in(self._scoped())
+
+    def _active_in(self, shards: list[int]) -> list[str]:
+        users: set[str] = set()
+        for shard in shards:
+            users.update(text(u) for u in self._r.smembers(self._k.active(shard)))
+        return sorted(users)
+
+    def adopt(self, owns: Callable[[str], bool] | None = None, count: int = 1000) -> int:
+        """Rebuild the shard indexes of `owns`'s users from the keyspace; returns the users
+        announced. Also moves the single-Redis layout's global `deadline` and `active` over.
+
+        SCANs every node of a cluster (redis-py's cluster client does), so it costs one pass
+        over the keyspace: run it when a dispatcher starts, not per round.
+        """
+        k = self._k
+        mine = owns or (lambda _u: True)
+        seen: set[str] = set()
+        legacy = k.legacy_deadline
+        for member, score in self._r.zscan_iter(legacy, count=count):
+            user, _, item = text(member).partition("\0")
+            if mine(user):
+                self._announce_deadline(user, float(score))
+                self._r.zadd(k.deadline(user), {item: float(score)}, nx=True)
+                self._r.zrem(legacy, member)
+        for member in self._r.sscan_iter(k.legacy_active, count=count):
+            user = text(member)
+            if mine(user):
+                self._announce(user)
+                self._r.srem(k.legacy_active, member)
+        for user in self._users_with(k.queue, count):
+            if mine(user):
+                self._announce(user)
+                seen.add(user)
+        for user in self._users_with(k.deadline, count):
+            if mine(user):
+                self._settle_deadline(user)
+                seen.add(user)
+        return len(seen)
+
+    def _users_with(self, template: Callable[[str], str], count: int) -> Iterator[str]:
+        """Users having a key of this per-user template (SCAN, every node of a cluster)."""
+        head, _, tail = template("\0").partition("{\0}")
+        pattern = f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}"
+        for key in self._r.scan_iter(match=pattern, count=count):
+            name = text(key)
+            if name.startswith(head + "{") and name.endswith("}" + tail):
+                yield name[len(head) + 1 : len(name) - len(tail) - 1]
 
     def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]:
         k = self._k
         deadline = time.time() + timeout_s
-        keys = [self._reply(user), k.queue(user), k.processing(user), k.deadline, k.active]
-        args: list[Any] = [REPLY_TTL_S, user, n, worker, deadline]
-        return [text(x) for x in self._claim(keys=keys, args=args)]
+        self._announce_deadline(user, deadline)
+        keys = [self._reply(user), k.queue(user), k.processing(user), k.deadline(user)]
+        args: list[Any] = [REPLY_TTL_S, n, worker, deadline]
+        claimed, left = self._claim(keys=keys, args=args)
+        if claimed:
+            self._announce_deadline(user, deadline)
+        else:
+            self._settle_deadline(user)
+        if not int(left):
+            self._settle_active(user)
+        return [text(x) for x in claimed]
 
     def assign(self, user: str, items: list[str], worker: str) -> int:
         """Record the worker now holding these items (only those still processing)."""
@@ -142,13 +258,19 @@ class QueueStore:
         """One atomic script per user: each (item, reason) requeued, errored, gone or live."""
         k = self._k
         keys = [
-            self._reply(user), k.processing(user), k.deadline, k.retries(user),
-            k.errors(user), k.queue(user), k.active,
+            self._reply(user), k.processing(user), k.deadline(user), k.retries(user),
+            k.errors(user), k.queue(user),
         ]  # fmt: skip
-        args: list[Any] = [REPLY_TTL_S, user, max_retries, "" if now is None else repr(now)]
+        args: list[Any] = [REPLY_TTL_S, max_retries, "" if now is None else repr(now)]
         for item, reason in pairs:
             args += [item, reason]
-        return [ItemState(text(x)) for x in self._retry(keys=keys, args=args)]
+        may_push = max_retries >= 0
+        if may_push:
+            self._announce(user)
+        states = [ItemState(text(x)) for x in self._retry(keys=keys, args=args)]
+        if ItemState.QUEUED in states:
+            self._announce(user)
+        return states
 
     def fail(self, failures: list[tuple[str, str, str]], max_retries: int) -> list[ItemState]:
         """Requeue or error each (user, item, reason) still in processing; returns states.
@@ -180,27 +302,35 @@ class QueueStore:
         keeps a dispatcher shard to its own users.
         """
         now = time.time() if now is None else now
-        due = self._r.zrangebyscore(self._k.deadline, "-inf", now, start=0, num=limit)
-        by_user: dict[str, list[str]] = defaultdict(list)
-        for member in due:
-            user, _, item = text(member).partition("\0")
-            if owns is None or owns(user):
-                by_user[user].append(item)
+        k = self._k
         out: list[Retried] = []
         reason = "task timed out"
-        for user, items in by_user.items():
-            states = self._retry_user(user, [(i, reason) for i in items], max_retries, now)
-            out += [
-                Retried(user, item, state)
-                for item, state in zip(items, states, strict=True)
-                if state != ItemState.LIVE
-            ]
+        for shard in self._scoped():
+            users = self._r.zrangebyscore(k.deadlines(shard), "-inf", now, start=0, num=limit)
+            for user in (text(u) for u in users):
+                if owns is not None and not owns(user):
+                    continue
+                due = self._r.zrangebyscore(k.deadline(user), "-inf", now, start=0, num=limit)
+                items = [text(i) for i in due]
+                if items:
+                    states = self._retry_user(user, [(i, reason) for i in items], max_retries, now)
+                    out += [
+                        Retried(user, item, state)
+                        for item, state in zip(items, states, strict=True)
+                        if state != ItemState.LIVE
+                    ]
+                self._settle_deadline(user)
         return out
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of any item in processing (epoch s), or None."""
-        first = self._r.zrange(self._k.deadline, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
+        """The earliest deadline of any item in processing (epoch s), or None; per shard
+        it may be early (see the module's docstring), never late."""
+        firsts = [
+            float(first[0][1])
+            for shard in self._scoped()
+            if (first := self._r.zrange(self._k.deadlines(shard), 0, 0, withscores=True))
+        ]
+        return min(firsts, default=None)
 
     def retry_failed(self, user: str, item: str) -> bool:
         """Move an errored item back to the queue with a fresh retry budget."""
@@ -212,8 +342,12 @@ class QueueStore:
 
     def _run_retry_failed(self, user: str, items: list[str]) -> list[str]:
         k = self._k
-        keys = [self._reply(user), k.errors(user), k.retries(user), k.queue(user), k.active]
-        return [text(x) for x in self._retry_failed(keys=keys, args=[REPLY_TTL_S, user, *items])]
+        keys = [self._reply(user), k.errors(user), k.retries(user), k.queue(user)]
+        self._announce(user)
+        moved = [text(x) for x in self._retry_failed(keys=keys, args=[REPLY_TTL_S, *items])]
+        if moved:
+            self._announce(user)
+        return moved
 
     def _run_delete(self, user: str, item: str, state: ItemState) -> int:
         k = self._k
@@ -232,10 +366,15 @@ class QueueStore:
         return self._run_delete(user, item, ItemState.ERROR)
 
     def reset(self, user: str) -> None:
+        """Clear every per-user key (vector blocks included), then the shard indexes."""
         k = self._k
-        self._reset(
-            keys=[k.processing(user), k.deadline, k.active, *k.user_keys(user)], args=[user]
-        )
+        while True:  # again when a commit issued ids beyond the blocks declared
+            last = int(self._r.get(k.vseq(user)) or 0)
+            keys = [k.vseq(user), *k.user_keys(user), *k.vblocks(user, last)]
+            if self._reset(keys=keys, args=[last]):
+                break
+        self._settle_active(user)
+        self._settle_deadline(user)
 
     def state_of(self, user: str, item: str) -> ItemState | None:
         """PROCESSING, DONE, ERROR, QUEUED or None (unknown to this user)."""
@@ -297,10 +436,22 @@ class QueueStore:
 
     def depth(self) -> dict[str, int]:
         """Queued and processing items across all users (for metrics)."""
-        users = self.active_users()
-        pipe = self._r.pipeline()
+        k = self._k
+        users = self._active_in(list(range(self.shards)))
+        busy = sorted(
+            {text(u) for s in range(self.shards) for u in self._r.zrange(k.deadlines(s), 0, -1)}
+        )
+        # not a transaction: on a cluster, redis-py sends each node its commands
+        pipe = self._r.pipeline(transaction=False)
         for u in users:
-            pipe.llen(self._k.queue(u))
-        pipe.zcard(self._k.deadline)
-        *queued, processing = pipe.execute()
-        return {"queued": int(sum(queued)), "processing": int(processing)}
+            pipe.llen(k.queue(u))
+        for u in busy:
+            pipe.zcard(k.deadline(u))
+        counts = pipe.execute() if users or busy else []
+        queued, processing = counts[: len(users)], counts[len(users) :]
+        return {"queued": int(sum(queued)), "processing": int(sum(processing))}
+
+
+def _glob_escape(value: str) -> str:
+    """`value` matched literally in a SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in value)

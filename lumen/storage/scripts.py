@@ -6,7 +6,16 @@ completion is accepted only while the item is still in processing, so a reset or
 never undone by a late worker.
 
 Every key a script touches arrives in KEYS, built by `lumen.keys.Keys`; no key name is made
-in Lua. Deadline members (`user NUL item`) are values, not keys.
+in Lua, and every script's keys are one user's (one hash tag, one Redis Cluster slot). The
+cross-user indexes (`active:<shard>`, `deadlines:<shard>`, no hash tag) are kept by the
+callers, outside the scripts (see `lumen.storage.queue`), so no script spans two slots.
+
+Vectors live in fixed-size blocks (`vblk:{u}:{b}`, `VECTOR_BLOCK_IDS` ids each): id `i` at
+offset `(i % per) * dim * 4` of block `i // per`. The caller declares the blocks a commit may
+write; a commit that would need an undeclared one changes nothing and answers `blocks`, and
+the caller calls again with them. A block grows in steps of the allocator's size classes,
+each one exact allocation made in C (a SETRANGE past the end would grow it greedily:
+doubling, or by 1 MB at a time), zero-padded; a full block is exactly its 4095 vectors.
 
 Idempotency: each script gives the same answer when it runs twice, which is what happens when
 redis-py resends a call whose reply was lost (a dropped connection, a Redis restart):
@@ -36,22 +45,21 @@ return out
 """
 
 
-# KEYS: reply, queue, meta, sha, active, pdftext, usage, errors, retries
-# ARGV: ttl, user, (item, sha, meta_json, text, size)*
+# KEYS: reply, queue, meta, sha, pdftext, usage, errors, retries
+# ARGV: ttl, (item, sha, meta_json, text, size)*
 # Returns {queued, {new item, existing item}*}. An item whose content hash already maps to
 # the same name is this call's own (queued). One whose hash maps to an errored item requeues
 # that item with a fresh retry budget: the existing name is queued, the new one a duplicate.
 ENQUEUE = _memo("""
-local queued, dups, pushed = {}, {}, false
+local queued, dups = {}, {}
 local added_bytes, added_items = 0, 0
-for i = 3, #ARGV, 5 do
+for i = 2, #ARGV, 5 do
   local item, sha, meta, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local existing = redis.call('HGET', KEYS[4], sha)
-  if existing and redis.call('HEXISTS', KEYS[8], existing) == 1 then
+  if existing and redis.call('HEXISTS', KEYS[7], existing) == 1 then
+    redis.call('HDEL', KEYS[7], existing)
     redis.call('HDEL', KEYS[8], existing)
-    redis.call('HDEL', KEYS[9], existing)
     redis.call('RPUSH', KEYS[2], existing)
-    pushed = true
     table.insert(queued, existing)
     if existing ~= item then
       table.insert(dups, item)
@@ -65,34 +73,32 @@ for i = 3, #ARGV, 5 do
   else
     redis.call('HSET', KEYS[4], sha, item)
     redis.call('HSET', KEYS[3], item, meta)
-    if text ~= '' then redis.call('HSET', KEYS[6], item, text) end
+    if text ~= '' then redis.call('HSET', KEYS[5], item, text) end
     redis.call('RPUSH', KEYS[2], item)
-    pushed = true
     added_bytes = added_bytes + tonumber(ARGV[i + 4])
     added_items = added_items + 1
     table.insert(queued, item)
   end
 end
 if added_items > 0 then
-  redis.call('HINCRBY', KEYS[7], 'bytes', added_bytes)
-  redis.call('HINCRBY', KEYS[7], 'items', added_items)
+  redis.call('HINCRBY', KEYS[6], 'bytes', added_bytes)
+  redis.call('HINCRBY', KEYS[6], 'items', added_items)
 end
-if pushed then redis.call('SADD', KEYS[5], ARGV[2]) end
 return {queued, dups}
 """)
 
-# KEYS: reply, queue, processing, deadline, active   ARGV: ttl, user, n, worker, deadline
+# KEYS: reply, queue, processing, deadline   ARGV: ttl, n, worker, deadline
+# Returns {items claimed, items left queued}.
 CLAIM = _memo("""
 local items = {}
-for _ = 1, tonumber(ARGV[3]) do
+for _ = 1, tonumber(ARGV[2]) do
   local item = redis.call('LPOP', KEYS[2])
   if not item then break end
-  redis.call('HSET', KEYS[3], item, ARGV[4])
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2] .. '\\0' .. item)
+  redis.call('HSET', KEYS[3], item, ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], item)
   table.insert(items, item)
 end
-if redis.call('LLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[5], ARGV[2]) end
-return items
+return {items, redis.call('LLEN', KEYS[2])}
 """)
 
 # KEYS: processing   ARGV: worker, item*
@@ -109,33 +115,31 @@ return n
 # One user's failed or timed-out items leave processing: requeued with a retry count, or
 # errored past the limit. With `now` (a sweep of expired deadlines) an item is taken only while
 # its deadline is still due, so a sweep racing a fresh claim never requeues it twice.
-# KEYS: reply, processing, deadline, retries, errors, queue, active
-# ARGV: ttl, user, max_retries, now or '', (item, reason)*
+# KEYS: reply, processing, deadline, retries, errors, queue
+# ARGV: ttl, max_retries, now or '', (item, reason)*
 # Returns a state per item: 'queued', 'error', 'gone' (not processing) or 'live' (not due).
 RETRY = _memo("""
-local user, max_retries, now = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_retries, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local item, reason = ARGV[i], ARGV[i + 1]
-  local member = user .. '\\0' .. item
   local state
   if redis.call('HEXISTS', KEYS[2], item) == 0 then
-    if now then redis.call('ZREM', KEYS[3], member) end
+    if now then redis.call('ZREM', KEYS[3], item) end
     state = 'gone'
   else
-    local due = redis.call('ZSCORE', KEYS[3], member)
+    local due = redis.call('ZSCORE', KEYS[3], item)
     if now and (not due or tonumber(due) > now) then
       state = 'live'
     else
       redis.call('HDEL', KEYS[2], item)
-      redis.call('ZREM', KEYS[3], member)
+      redis.call('ZREM', KEYS[3], item)
       local n = redis.call('HINCRBY', KEYS[4], item, 1)
       if n > max_retries then
         redis.call('HSET', KEYS[5], item, reason)
         state = 'error'
       else
         redis.call('LPUSH', KEYS[6], item)
-        redis.call('SADD', KEYS[7], user)
         state = 'queued'
       end
     end
@@ -146,11 +150,11 @@ return out
 """)
 
 # Errored items back to the end of the queue with a fresh retry budget.
-# KEYS: reply, errors, retries, queue, active   ARGV: ttl, user, item* (none: every error)
+# KEYS: reply, errors, retries, queue   ARGV: ttl, item* (none: every error)
 # Returns the items requeued.
 RETRY_FAILED = _memo("""
 local items = {}
-for i = 3, #ARGV do table.insert(items, ARGV[i]) end
+for i = 2, #ARGV do table.insert(items, ARGV[i]) end
 if #items == 0 then items = redis.call('HKEYS', KEYS[2]) end
 local moved = {}
 for _, item in ipairs(items) do
@@ -160,7 +164,6 @@ for _, item in ipairs(items) do
     table.insert(moved, item)
   end
 end
-if #moved > 0 then redis.call('SADD', KEYS[5], ARGV[2]) end
 return moved
 """)
 
@@ -194,57 +197,162 @@ end
 return n
 """)
 
-# KEYS: processing, deadline, active, user keys...   ARGV: user
+# KEYS: vseq, user keys and vector blocks...   ARGV: the last vector id the blocks cover
+# Returns 1, or 0 (nothing changed) when more ids were issued than the blocks cover: the
+# caller declares the blocks again and calls again.
 RESET = """
-for _, item in ipairs(redis.call('HKEYS', KEYS[1])) do
-  redis.call('ZREM', KEYS[2], ARGV[1] .. '\\0' .. item)
-end
-redis.call('SREM', KEYS[3], ARGV[1])
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+if tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(ARGV[1]) then return 0 end
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 
-# KEYS: processing, deadline, done, errors, vec, vid, vitem, vseq, vinfo, caption
-# ARGV: user, now, model_id, dim, (item, vector_bytes, caption)*
-# Returns {status, {item, id}*}: status 'ok' or 'model_mismatch:<stored model>'. The pairs
-# name every item done with this call's vector: committed now, or already done with the same
-# bytes (an earlier run of this commit whose reply was lost).
-COMMIT_VECTORS = """
-local info = redis.call('HMGET', KEYS[9], 'model', 'dim')
-if info[1] and (info[1] ~= ARGV[3] or info[2] ~= ARGV[4]) then
+# Shared by COMMIT_VECTORS and MIGRATE_VECTORS: block lookups, reads and writes.
+# `blocks` maps a block number to its declared key; `row` is the bytes of one vector.
+_BLOCKS = """
+local function block_of(id) return math.floor(id / per) end
+local function offset_of(id) return (id % per) * row end
+-- the longest string of at least n bytes whose allocation (10 bytes of header and end
+-- added) is exactly one jemalloc size class: 4 classes per power of two
+local function fitted(n)
+  local m = n + 10
+  if m <= 64 then return math.ceil(m / 16) * 16 - 10 end
+  local p = 64
+  while p * 2 < m do p = p * 2 end
+  local step = p / 4
+  return math.ceil(m / step) * step - 10
+end
+local function stored(id)
+  local legacy = redis.call('HGET', legacy_key, id)
+  if legacy then return legacy end
+  local key = blocks[block_of(id)]
+  local off = offset_of(id)
+  return redis.call('GETRANGE', key, off, off + row - 1)
+end
+local function store(id, blob)
+  local key = blocks[block_of(id)]
+  local off = offset_of(id)
+  local len = redis.call('STRLEN', key)
+  if off + row > len then
+    -- grow to a fitted size in one exact allocation: a SETRANGE past the end of a string
+    -- grows it greedily (doubling, or by 1 MB), up to a quarter or more wasted. A SETRANGE
+    -- on a missing key allocates exactly (zeroed), and BITOP OR writes an exact result.
+    local size = math.max(off + row, math.min(fitted(off + row), per * row))
+    if len == 0 then
+      redis.call('SETRANGE', key, size - 1, '\\0')
+    else
+      redis.call('DEL', scratch)
+      redis.call('SETRANGE', scratch, size - 1, '\\0')
+      redis.call('BITOP', 'OR', key, key, scratch)
+      redis.call('DEL', scratch)
+    end
+  end
+  redis.call('SETRANGE', key, off, blob)
+  redis.call('HDEL', legacy_key, id)
+end
+"""
+
+# KEYS: processing, deadline, done, errors, vid, vitem, vseq, vinfo, caption, vec (legacy),
+#       vscratch, block*
+# ARGV: now, model_id, dim, ids per block, block count, block number*, (item, bytes, caption)*
+# Returns {status, {item, id}*}: status 'ok', 'blocks' (a block it needs is not declared:
+# nothing changed) or 'model_mismatch:<stored model>'. The pairs name every item done with
+# this call's vector: committed now, or already done with the same bytes (an earlier run of
+# this commit whose reply was lost).
+COMMIT_VECTORS = (
+    """
+local info = redis.call('HMGET', KEYS[8], 'model', 'dim')
+if info[1] and (info[1] ~= ARGV[2] or info[2] ~= ARGV[3]) then
   return {'model_mismatch:' .. info[1] .. '/' .. info[2], {}}
 end
+local row, per, nblocks = 4 * tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local legacy_key, scratch = KEYS[10], KEYS[11]
+local blocks = {}
+for j = 1, nblocks do blocks[tonumber(ARGV[5 + j])] = KEYS[11 + j] end
+local first = 6 + nblocks
+"""
+    + _BLOCKS
+    + """
+-- first pass: every block this call reads or writes must be declared
+local seq = tonumber(redis.call('GET', KEYS[7]) or '0')
+for i = first, #ARGV, 3 do
+  local item = ARGV[i]
+  local id = redis.call('HGET', KEYS[5], item)
+  if redis.call('HEXISTS', KEYS[1], item) == 1 then
+    if id then id = tonumber(id) else seq = seq + 1; id = seq end
+  elseif id and redis.call('ZSCORE', KEYS[3], item) then
+    id = tonumber(id)
+  else
+    id = nil
+  end
+  if id and not blocks[block_of(id)] then return {'blocks', {}} end
+end
 local committed, fresh = {}, 0
-for i = 5, #ARGV, 3 do
+for i = first, #ARGV, 3 do
   local item = ARGV[i]
   if redis.call('HEXISTS', KEYS[1], item) == 1 then
     redis.call('HDEL', KEYS[1], item)
-    redis.call('ZREM', KEYS[2], ARGV[1] .. '\\0' .. item)
-    local id = redis.call('HGET', KEYS[6], item)
+    redis.call('ZREM', KEYS[2], item)
+    local id = redis.call('HGET', KEYS[5], item)
     if not id then
-      id = tostring(redis.call('INCR', KEYS[8]))
-      redis.call('HSET', KEYS[6], item, id)
-      redis.call('HSET', KEYS[7], id, item)
+      id = tostring(redis.call('INCR', KEYS[7]))
+      redis.call('HSET', KEYS[5], item, id)
+      redis.call('HSET', KEYS[6], id, item)
     end
-    redis.call('HSET', KEYS[5], id, ARGV[i + 1])
-    redis.call('HSET', KEYS[10], item, ARGV[i + 2])
-    redis.call('ZADD', KEYS[3], ARGV[2], item)
+    store(tonumber(id), ARGV[i + 1])
+    redis.call('HSET', KEYS[9], item, ARGV[i + 2])
+    redis.call('ZADD', KEYS[3], ARGV[1], item)
     redis.call('HDEL', KEYS[4], item)
     fresh = fresh + 1
     table.insert(committed, item)
     table.insert(committed, id)
   elseif redis.call('ZSCORE', KEYS[3], item) then
-    local id = redis.call('HGET', KEYS[6], item)
-    if id and redis.call('HGET', KEYS[5], id) == ARGV[i + 1] then
+    local id = redis.call('HGET', KEYS[5], item)
+    if id and stored(tonumber(id)) == ARGV[i + 1] then
       table.insert(committed, item)
       table.insert(committed, id)
     end
   end
 end
 if fresh > 0 and not info[1] then
-  redis.call('HSET', KEYS[9], 'model', ARGV[3], 'dim', ARGV[4])
+  redis.call('HSET', KEYS[8], 'model', ARGV[2], 'dim', ARGV[3])
 end
 return {'ok', committed}
+"""
+)
+
+# Legacy vectors (the `vec` hash of id -> bytes) into blocks, a batch at a time; an id the
+# hash no longer holds (a commit rewrote it into its block since) is skipped.
+# KEYS: vec (legacy), vscratch, block*
+# ARGV: dim, ids per block, block count, block number*, (id, bytes)*
+# Returns how many moved.
+MIGRATE_VECTORS = (
+    """
+local row, per, nblocks = 4 * tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local legacy_key, scratch = KEYS[1], KEYS[2]
+local blocks = {}
+for j = 1, nblocks do blocks[tonumber(ARGV[3 + j])] = KEYS[2 + j] end
+"""
+    + _BLOCKS
+    + """
+local moved = 0
+for i = 4 + nblocks, #ARGV, 2 do
+  local id = tonumber(ARGV[i])
+  if redis.call('HEXISTS', legacy_key, ARGV[i]) == 1 then
+    store(id, ARGV[i + 1])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+)
+
+# A block copied into an exactly sized string (after a bulk load's SETRANGEs).
+# KEYS: block   Returns 1, or 0 if absent.
+COMPACT_BLOCK = """
+local data = redis.call('GET', KEYS[1])
+if not data then return 0 end
+redis.call('SET', KEYS[1], data)
+return 1
 """
 
 # KEYS: vitem, caption   ARGV: vector id*   Returns {item or false, caption or false}*.

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-import redis
-
 from lumen.keys import Keys
+from lumen.storage.client import Client
 from lumen.storage.text import text
 
 # HINCRBY on a missing hash would create a half account; bump only an existing one.
@@ -29,7 +28,7 @@ class UserStore:
     is given is checked again.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys) -> None:
         self._r = client
         self._k = keys
         self._bump_epoch = client.register_script(_BUMP_EPOCH)

@@ -1,18 +1,63 @@
-"""Vectors, their ids and captions in Redis: committed atomically with the item's `done`."""
+"""Vectors, their ids and captions in Redis: committed atomically with the item's `done`.
+
+Vectors are packed in fixed-size blocks, `VECTOR_BLOCK_IDS` ids per Redis string (see
+`lumen.keys`), so Redis holds about their raw bytes (a hash field per vector cost 1.27x).
+Vectors of the older layout (a `vec:{u}` hash) still load: `scan` moves them into blocks
+first, a batch per script call, and a commit rewriting one of them moves it too.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from lumen.errors import ModelMismatch
-from lumen.keys import Keys
+from lumen.keys import VECTOR_BLOCK_IDS, Keys
 from lumen.storage import scripts
+from lumen.storage.client import Client
 from lumen.storage.text import text
+
+log = logging.getLogger(__name__)
+
+MIGRATE_BATCH = 512  # legacy vectors moved into blocks per script call
+
+
+def blocks_of(ids: Iterable[int], per: int = VECTOR_BLOCK_IDS) -> list[int]:
+    """The block numbers holding these vector ids, ascending."""
+    return sorted({i // per for i in ids})
+
+
+def slot_offset(vid: int, dim: int, per: int = VECTOR_BLOCK_IDS) -> int:
+    """Where vector `vid` starts in its block (bytes)."""
+    return (vid % per) * dim * 4
+
+
+def pack_rows(
+    ids: list[int], blobs: list[bytes], dim: int, per: int = VECTOR_BLOCK_IDS
+) -> list[tuple[int, int, bytes]]:
+    """(block, offset, bytes) writes for vectors with consecutive ids, one per run of
+    adjacent slots in a block, so a bulk load is a few large SETRANGEs."""
+    row = dim * 4
+    out: list[tuple[int, int, bytes]] = []
+    run: list[bytes] = []
+    start = prev = -2
+    for vid, blob in zip(ids, blobs, strict=True):
+        if len(blob) != row:
+            raise ValueError(f"vector {vid} has {len(blob)} bytes, not {row} (dim {dim})")
+        if vid == prev + 1 and vid // per == prev // per:
+            run.append(blob)
+        else:
+            if run:
+                out.append((start // per, slot_offset(start, dim, per), b"".join(run)))
+            run, start = [blob], vid
+        prev = vid
+    if run:
+        out.append((start // per, slot_offset(start, dim, per), b"".join(run)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -27,11 +72,14 @@ class VectorStore:
     Idempotent: a repeated commit changes nothing and gives the same answer.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys, per_block: int = VECTOR_BLOCK_IDS) -> None:
         self._r = client
         self._k = keys
+        self.per = per_block
         self._commit = client.register_script(scripts.COMMIT_VECTORS)
+        self._migrate = client.register_script(scripts.MIGRATE_VECTORS)
         self._describe = client.register_script(scripts.DESCRIBE)
+        self._compact = client.register_script(scripts.COMPACT_BLOCK)
 
     def commit(
         self,
@@ -48,14 +96,31 @@ class VectorStore:
         deleted, requeued and done by another worker with other bytes) are left out.
         """
         k = self._k
+        row = 4 * dim
+        for item, blob, _ in rows:
+            if len(blob) != row:
+                raise ValueError(f"{item}: {len(blob)} vector bytes, not {row} (dim {dim})")
         keys = [
-            k.processing(user), k.deadline, k.done(user), k.errors(user), k.vec(user),
-            k.vid(user), k.vitem(user), k.vseq(user), k.vinfo(user), k.caption(user),
+            k.processing(user), k.deadline(user), k.done(user), k.errors(user), k.vid(user),
+            k.vitem(user), k.vseq(user), k.vinfo(user), k.caption(user), k.vec(user),
+            k.vscratch(user),
         ]  # fmt: skip
-        args: list[Any] = [user, time.time(), model_id, dim]
-        for item, blob, caption in rows:
-            args += [item, blob, caption]
-        status, committed = self._commit(keys=keys, args=args)
+        items = [item for item, _, _ in rows]
+        extra = 0
+        while True:  # again, with more blocks, when ids moved on since they were read
+            seq = int(self._r.get(k.vseq(user)) or 0)
+            vids = self._r.hmget(k.vid(user), items) if items else []
+            known = [int(v) for v in vids if v is not None]
+            fresh = range(seq + 1, seq + len(rows) - len(known) + extra + 1)
+            blocks = blocks_of([*known, *fresh], self.per)
+            args: list[Any] = [time.time(), model_id, dim, self.per, len(blocks), *blocks]
+            for item, blob, caption in rows:
+                args += [item, blob, caption]
+            block_keys = [k.vblock(user, b) for b in blocks]
+            status, committed = self._commit(keys=[*keys, *block_keys], args=args)
+            if text(status) != "blocks":
+                break
+            extra += len(rows)
         status = text(status)
         if status != "ok":
             stored = status.split(":", 1)[1]
@@ -73,18 +138,69 @@ class VectorStore:
         return IndexInfo(text(model), int(dim))
 
     def count(self, user: str) -> int:
-        return int(self._r.hlen(self._k.vec(user)))
+        """Vectors stored for the user (one `vitem` field each)."""
+        return int(self._r.hlen(self._k.vitem(user)))
+
+    def ids(self, user: str, chunk: int = 10_000) -> list[int]:
+        """Every stored vector id of the user, ascending."""
+        cursor, out = 0, []
+        while True:
+            cursor, page = self._r.hscan(self._k.vitem(user), cursor, count=chunk)
+            out += [int(i) for i in dict(page)]  # type: ignore[arg-type]
+            if cursor == 0:
+                return sorted(set(out))
 
     def scan(self, user: str, chunk: int = 10_000) -> Iterator[tuple[list[int], list[bytes]]]:
-        """All (ids, vector bytes) of a user in chunks, for rebuilding an index."""
-        cursor = 0
-        while True:
-            cursor, page = self._r.hscan(self._k.vec(user), cursor, count=chunk)
-            if page:
-                fields: dict[Any, Any] = dict(page)  # type: ignore[arg-type]
-                yield [int(i) for i in fields], list(fields.values())
+        """All (ids, vector bytes) of a user, a block at a time, for rebuilding an index.
+
+        Vectors still in the legacy hash are moved into blocks first (once).
+        """
+        info = self.info(user)
+        if info is None:
+            return
+        self.migrate(user, info.dim, chunk)
+        row = 4 * info.dim
+        by_block: dict[int, list[int]] = defaultdict(list)
+        for vid in self.ids(user, chunk):
+            by_block[vid // self.per].append(vid)
+        for block in sorted(by_block):
+            data: Any = self._r.get(self._k.vblock(user, block)) or b""
+            ids, blobs = [], []
+            for vid in by_block[block]:
+                off = slot_offset(vid, info.dim, self.per)
+                blob = data[off : off + row]
+                if len(blob) == row:
+                    ids.append(vid)
+                    blobs.append(bytes(blob))
+                else:
+                    log.error("vector %d of %s is missing from its block", vid, user)
+            if ids:
+                yield ids, blobs
+
+    def migrate(self, user: str, dim: int, chunk: int = 10_000) -> int:
+        """Move the user's legacy `vec` hash into blocks; returns how many moved (idempotent,
+        safe beside commits: each id moves only while the hash still holds it)."""
+        legacy = self._k.vec(user)
+        moved, cursor = 0, 0
+        while self._r.exists(legacy):
+            cursor, page = self._r.hscan(legacy, cursor, count=MIGRATE_BATCH)
+            pairs = [(int(i), bytes(b)) for i, b in dict(page).items()]  # type: ignore[arg-type]
+            for start in range(0, len(pairs), MIGRATE_BATCH):
+                batch = pairs[start : start + MIGRATE_BATCH]
+                bad = [vid for vid, blob in batch if len(blob) != 4 * dim]
+                if bad:
+                    raise ValueError(f"legacy vectors {bad[:5]} of {user} are not dim {dim}")
+                blocks = blocks_of([vid for vid, _ in batch], self.per)
+                args: list[Any] = [dim, self.per, len(blocks), *blocks]
+                for vid, blob in batch:
+                    args += [vid, blob]
+                keys = [legacy, self._k.vscratch(user), *(self._k.vblock(user, b) for b in blocks)]
+                moved += int(self._migrate(keys=keys, args=args))
             if cursor == 0:
-                return
+                break  # one full pass moves every id (commits add none to the hash)
+        if moved:
+            log.info("moved %d vectors of %s into blocks", moved, user)
+        return moved
 
     def items_for(self, user: str, ids: list[int]) -> list[str | None]:
         if not ids:
@@ -110,14 +226,20 @@ class VectorStore:
     def write_raw(self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes]]) -> None:
         """Bulk-load vectors straight into the store (benchmarks and imports, not the queue)."""
         k = self._k
+        if not rows:
+            return
         start = int(self._r.incrby(k.vseq(user), len(rows))) - len(rows)
-        pipe = self._r.pipeline(transaction=False)
+        ids = list(range(start + 1, start + len(rows) + 1))
+        writes = pack_rows(ids, [blob for _, blob in rows], dim, self.per)
+        pipe = self._r.pipeline(transaction=False)  # one user's keys: one slot
         pipe.hset(k.vinfo(user), mapping={"model": model_id, "dim": dim})
+        for block, offset, data in writes:
+            pipe.setrange(k.vblock(user, block), offset, data)
         now = time.time()
-        for offset, (item, blob) in enumerate(rows, start=1):
-            vid = start + offset
-            pipe.hset(k.vec(user), str(vid), blob)
+        for vid, (item, _) in zip(ids, rows, strict=True):
             pipe.hset(k.vid(user), item, vid)
             pipe.hset(k.vitem(user), str(vid), item)
             pipe.zadd(k.done(user), {item: now})
         pipe.execute()
+        for block in blocks_of(ids, self.per):  # SETRANGE grew them greedily: exact now
+            self._compact(keys=[k.vblock(user, block)])

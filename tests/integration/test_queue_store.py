@@ -41,7 +41,7 @@ def test_claim_moves_items_to_processing_with_worker_and_deadline(stores: Stores
     assert claimed == ["uploads/alice/img0.jpg", "uploads/alice/img1.jpg"]
     assert st.queue == 1 and st.queued_items == ["uploads/alice/img2.jpg"]
     assert st.processing_workers == {i: "w1" for i in claimed}
-    deadlines = stores.redis.zrange(stores.keys.deadline, 0, -1, withscores=True)
+    deadlines = stores.redis.zrange(stores.keys.deadline("alice"), 0, -1, withscores=True)
     assert len(deadlines) == 2 and all(s > time.time() + 20 for _, s in deadlines)
 
 
@@ -159,7 +159,8 @@ def test_delete_and_reset_under_concurrent_claims_lose_and_resurrect_nothing(
     st = stores.queue.status("alice", 10)
     assert st.queue == 0 and st.processing == []
     assert stores.vectors.count("alice") == len(stores.queue.done("alice"))
-    assert stores.redis.zcard(stores.keys.deadline) == 0
+    assert stores.redis.zcard(stores.keys.deadline("alice")) == 0
+    assert stores.redis.zcard(stores.keys.deadline("bob")) == 0
 
 
 def test_queue_state_survives_a_redis_restart(redis_server: RedisServer, stores: Stores) -> None:
@@ -189,27 +190,76 @@ def test_a_sweep_never_requeues_an_item_claimed_again_since_it_read_the_deadline
     stores.queue.enqueue("alice", _items("alice", 1))
     [item] = stores.queue.claim("alice", 1, "w1", timeout_s=-1)  # already overdue
     read_deadlines = stores.redis.zrangebyscore
+    raced = []
 
-    def racing(*args: object, **kwargs: object) -> object:
-        due = read_deadlines(*args, **kwargs)
-        # between the sweep's read and its script: the item fails and is claimed afresh
-        stores.queue.fail([("alice", item, "transient")], 3)
-        stores.queue.claim("alice", 1, "w2", timeout_s=60)
+    def racing(key: str, *args: object, **kwargs: object) -> object:
+        due = read_deadlines(key, *args, **kwargs)
+        if key == stores.keys.deadline("alice") and not raced:
+            raced.append(key)
+            # between the sweep's read and its script: the item fails and is claimed afresh
+            stores.queue.fail([("alice", item, "transient")], 3)
+            stores.queue.claim("alice", 1, "w2", timeout_s=60)
         return due
 
     monkeypatch.setattr(stores.redis, "zrangebyscore", racing)
     assert stores.queue.requeue_expired(max_retries=3) == []
+    assert raced
     st = stores.queue.status("alice", 10)
     assert st.processing_workers == {item: "w2"} and st.queue == 0 and st.retries == {item: "1"}
+    # the shard's entry still leads to the new deadline (not dropped by the sweep)
+    assert stores.queue.next_deadline() == pytest.approx(time.time() + 60, abs=30)
 
 
 def test_a_sweep_drops_a_deadline_left_behind_by_an_item_no_longer_processing(
     stores: Stores,
 ) -> None:
-    stores.redis.zadd(stores.keys.deadline, {"alice\0uploads/alice/ghost.jpg": 1})
+    k = stores.keys
+    stores.redis.zadd(k.deadline("alice"), {"uploads/alice/ghost.jpg": 1})
+    stores.redis.zadd(k.deadlines(0), {"alice": 1})
     [r] = stores.queue.requeue_expired(max_retries=3)
     assert (r.user, r.item, r.state) == ("alice", "uploads/alice/ghost.jpg", "gone")
-    assert stores.redis.zcard(stores.keys.deadline) == 0
+    assert stores.redis.zcard(k.deadline("alice")) == 0 and stores.redis.zcard(k.deadlines(0)) == 0
+    assert stores.queue.next_deadline() is None
+
+
+def test_adopt_moves_the_single_redis_layouts_global_keys_and_finds_lost_entries(
+    stores: Stores,
+) -> None:
+    k, r = stores.keys, stores.redis
+    stores.queue.enqueue("alice", _items("alice", 2))
+    [item] = stores.queue.claim("alice", 1, "w", timeout_s=30)
+    # as the old layout left them: one global deadline zset and one global active set
+    r.delete(k.deadline("alice"), k.deadlines(0), k.active(0))
+    r.zadd(k.legacy_deadline, {f"alice\0{item}": 5})
+    r.sadd(k.legacy_active, "alice")
+    stores.queue.enqueue("bob", _items("bob", 1))
+    r.delete(k.active(0))  # bob's entry lost (a crash between a push and its announcement)
+    assert stores.queue.active_users() == [] and stores.queue.next_deadline() is None
+    assert stores.queue.adopt() == 2
+    assert stores.queue.active_users() == ["alice", "bob"]
+    assert stores.queue.next_deadline() == 5
+    assert r.exists(k.legacy_deadline) == 0 and r.exists(k.legacy_active) == 0
+    [retried] = stores.queue.requeue_expired(max_retries=3)
+    assert (retried.user, retried.item, retried.state) == ("alice", item, "queued")
+
+
+def test_sharded_views_sweep_and_claim_only_their_own_users(redis_server: RedisServer) -> None:
+    from lumen.keys import shard_of
+
+    settings = Settings(
+        redis={"url": redis_server.url, "namespace": f"q{uuid.uuid4().hex[:8]}"},
+        queue={"dispatchers": 3},
+    )
+    stores = Stores(settings)
+    users = [f"user{i}" for i in range(12)]
+    for user in users:
+        stores.queue.enqueue(user, _items(user, 1))
+        stores.queue.claim(user, 1, "w", timeout_s=-1)
+    for shard in range(3):
+        view = stores.queue.for_shard(shard)
+        swept = {r.user for r in view.requeue_expired(max_retries=3)}
+        assert swept == {u for u in users if shard_of(u, 3) == shard}
+        assert set(view.active_users()) == swept
 
 
 def test_fail_answers_in_the_order_asked_across_users(stores: Stores) -> None:
@@ -314,3 +364,48 @@ def test_every_user_key_carries_the_user_as_a_cluster_hash_tag(stores: Stores) -
     ]
     assert all("{alice}" in key for key in per_user)
     assert k.queue("alice") == f"{k.ns}:queue:{{alice}}"
+
+
+def _stale_vseq_once(stores: Stores, monkeypatch: pytest.MonkeyPatch, user: str) -> list[str]:
+    """The next read of the user's `vseq` answers 0 (ids issued since the caller looked)."""
+    real_get, stale = stores.redis.get, []
+
+    def get(key: str) -> object:
+        if key == stores.keys.vseq(user) and not stale:
+            stale.append(key)
+            return b"0"
+        return real_get(key)
+
+    monkeypatch.setattr(stores.redis, "get", get)
+    return stale
+
+
+def test_a_commit_that_needs_an_undeclared_block_changes_nothing_and_is_sent_again(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lumen.storage.vectors import VectorStore
+
+    vectors = VectorStore(stores.redis, stores.keys, per_block=4)
+    stores.queue.enqueue("alice", _items("alice", 7))
+    first = stores.queue.claim("alice", 5, "w", timeout_s=30)
+    vectors.commit("alice", "m", 1, [(i, bytes([n]) * 4, "") for n, i in enumerate(first)])
+    rest = stores.queue.claim("alice", 2, "w", timeout_s=30)
+    stale = _stale_vseq_once(stores, monkeypatch, "alice")  # would declare block 0 only
+    got = vectors.commit("alice", "m", 1, [(i, bytes([9]) * 4, "") for i in rest])
+    assert stale and sorted(got.values()) == [6, 7]  # in block 1, declared on the resend
+    ids = [i for chunk, _ in vectors.scan("alice") for i in chunk]
+    assert ids == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_reset_declares_blocks_again_when_ids_moved_on(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores.queue.enqueue("alice", _items("alice", 3))
+    got = stores.queue.claim("alice", 3, "w", timeout_s=30)
+    stores.vectors.commit("alice", "m", 1, [(i, bytes(4), "") for i in got])
+    stores.redis.set(stores.keys.vseq("alice"), 5000)  # ids past the first block
+    stores.redis.setrange(stores.keys.vblock("alice", 1), 0, b"x")
+    stale = _stale_vseq_once(stores, monkeypatch, "alice")
+    stores.queue.reset("alice")
+    assert stale and stores.redis.exists(*stores.keys.vblocks("alice", 5000)) == 0
+    assert stores.vectors.count("alice") == 0

@@ -65,10 +65,9 @@ def dump(stores: Stores, user: str = USER) -> dict[str, Any]:
         "queue": r.lrange(k.queue(user), 0, -1),
         "done": sorted(r.zrange(k.done(user), 0, -1)),
         "vseq": r.get(k.vseq(user)),
-        "deadline": sorted(
-            m for m in r.zrange(k.deadline, 0, -1) if m.startswith(user.encode() + b"\0")
-        ),
-        "active": r.sismember(k.active, user),
+        "deadline": sorted(r.zrange(k.deadline(user), 0, -1)),
+        "active": r.sismember(k.active(stores.queue.shard(user)), user),
+        "blocks": [r.get(b) for b in k.vblocks(user, int(r.get(k.vseq(user)) or 0))],
     }
     for name in ("processing", "errors", "retries", "meta", "caption", "pdftext", "sha"):
         out[name] = r.hgetall(getattr(k, name)(user))
