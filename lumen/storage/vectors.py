@@ -121,3 +121,7 @@ class VectorStore:
             pipe.hset(k.vitem(user), str(vid), item)
             pipe.zadd(k.done(user), {item: now})
         pipe.execute()
+
+    def last_id(self, user: str) -> int:
+        """The last vector id issued to the user (0 before any): part of a snapshot's version."""
+        return int(self._r.get(self._k.vseq(user)) or 0)
