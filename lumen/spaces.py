@@ -192,6 +192,8 @@ class SpaceRegistry:
                 pdf_vecs = vectors_of(images, pdf_ids)
             except RuntimeError:  # a PDF page the snapshot lacks: it is not this version
                 self._rejected("corrupt")
+                if self.snapshots is not None:
+                    self.snapshots.remove(user)
                 images = None
         source = "snapshot" if images is not None else "redis"
         if images is None:

@@ -334,3 +334,22 @@ def test_pdf_text_index_counts_toward_the_budget(budget: int) -> None:
     reg.spaces["b"].pdf_pages.upsert(np.array([1]), vectors(1, 3))
     reg.search_pdf("b", vectors(1, 3)[0], "w", 1)
     assert reg.spaces["b"].bm25_bytes > 0 and list(reg.spaces) == ["b"]
+
+
+def test_pdf_pages_come_back_from_a_snapshot_with_the_same_answers(tmp_path: Path) -> None:
+    vecs = UsersVectors()
+    vecs.fill("a", seed=1)
+    pages = {f"uploads/a/{vid}.jpg": f"page {vid} words" for vid in (3, 7, 11)}
+    reg, rec = registry(vecs, snapshots=tmp_path)
+    reg.stores.queue = SimpleNamespace(
+        pdf_items=lambda user: list(pages), pdf_texts=lambda user: pages
+    )
+    query = vectors(1, 5)[0]
+    before = reg.search_pdf("a", query, "words 7", 3)
+    assert len(before) == 3 and len(reg.spaces["a"].pdf_pages) == 3
+
+    assert reg.evict("a") and rec.writes == 1
+    after = reg.search_pdf("a", query, "words 7", 3)
+
+    assert after == before and reg.counters.loads == {"redis": 1, "snapshot": 1}
+    assert vecs.scans == ["a"]
