@@ -172,7 +172,7 @@ class SnapshotStore:
         except SnapshotRejected:
             path.unlink(missing_ok=True)
             raise
-        except (OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             path.unlink(missing_ok=True)
             raise SnapshotRejected("corrupt", f"{path.name}: {exc}") from exc
 
