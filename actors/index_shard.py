@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from typing import Any
+
 import numpy as np
 import ray
 
-from actors.naming import index_shard_name, named_actor
+from actors.naming import index_shard_name, named_actor, shard_for
 from lumen.config import Settings
 from lumen.events import EventKind
-from lumen.metrics import RayMetrics
+from lumen.metrics import RayMetrics, RayShardMetrics
 from lumen.search import SearchHit
+from lumen.snapshots import SnapshotStore
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
 from lumen.vectors import decode_vectors
@@ -20,13 +25,26 @@ class IndexShard:
     """Commits vectors to Redis (the truth) and mirrors them in FAISS; serves searches.
 
     Detached: ended only when Ray shuts down or an operator kills it; a restarted shard
-    rebuilds each user's index from Redis on first use. Calls are serialised (one at a
-    time), so a commit and a reset of the same user never interleave.
+    loads each user's index on first use (from its snapshot, or rebuilt from Redis). Calls
+    are serialised (one at a time), so a commit and a reset of the same user never
+    interleave, and a snapshot is never written while its index changes.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shard: int = 0) -> None:
+        self.shard = shard
+        self.shards = settings.queue.index_shards
         self.stores = Stores(settings)
-        self.registry = SpaceRegistry(settings, self.stores, on_repair=self._repaired)
+        snapshots = None
+        if settings.index.snapshots:
+            snapshots = SnapshotStore(
+                settings.data_dir / "snapshots",
+                settings.redis.namespace,
+                settings.limits.min_free_bytes,
+            )
+        self.registry = SpaceRegistry(
+            settings, self.stores, on_repair=self._repaired,
+            snapshots=snapshots, metrics=RayShardMetrics(shard),
+        )  # fmt: skip
         self.metrics = RayMetrics()
 
     def _repaired(self, user: str, mirrored: int, stored: int) -> None:
@@ -35,9 +53,19 @@ class IndexShard:
             EventKind.INDEX_REPAIRED, user=user, mirrored=mirrored, stored=stored
         )
 
-    def converge(self) -> int:
-        """Check every loaded user's mirror against Redis (the supervisor calls this)."""
-        return len(self.registry.converge_all())
+    def owns(self, user: str) -> bool:
+        return shard_for(user, self.shards) == self.shard
+
+    def converge(self, shards: int | None = None) -> int:
+        """The supervisor's tick: check loaded mirrors against Redis, release users another
+        shard owns now (`shards`: the shard count the caller routes by), write due snapshots.
+        Returns the number of repairs."""
+        if shards is not None and shards > 0 and shards != self.shards:
+            self.shards = shards
+        self.registry.release_unowned(self.owns)
+        repaired = len(self.registry.converge_all())
+        self.registry.flush()
+        return repaired
 
     def commit(
         self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
@@ -60,8 +88,27 @@ class IndexShard:
         return self.registry.search_pdf(user, vec, query, k, mode)
 
     def drop(self, user: str) -> None:
-        """Forget the cached index (after a reset in Redis)."""
+        """Forget the cached index and its snapshot (after a reset in Redis)."""
         self.registry.drop(user)
+
+    def evict(self, user: str) -> bool:
+        """Free the user's space now (snapshotted first if it changed); operators, tests."""
+        return self.registry.evict(user)
+
+    def snapshot(self, user: str) -> bool:
+        """Write the user's snapshot now (operators, tests, benchmarks)."""
+        return self.registry.snapshot(user)
+
+    def stats(self, top: int = 20) -> dict[str, Any]:
+        """What the shard holds, for the operator view (`GET /monitor/shards`)."""
+        return {
+            "shard": self.shard,
+            "shards": self.shards,
+            "node": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            **self.registry.stats(top),
+        }
 
     def size(self, user: str) -> int:
         space = self.registry.load(user)
@@ -72,5 +119,13 @@ class IndexShard:
         return [] if space is None else [int(i) for i in space.images.ids()]
 
 
+def shard_options(settings: Settings) -> dict[str, Any]:
+    """Where IndexShards run: spread over the nodes their resources allow (by default)."""
+    ix = settings.index
+    resources = ix.shard_resources if ix.shard_resources is not None else settings.actor_resources
+    return {"scheduling_strategy": ix.shard_placement, "resources": resources}
+
+
 def get_index_shard(settings: Settings, shard: int) -> ray.actor.ActorHandle:
-    return named_actor(IndexShard, index_shard_name(settings.app_name, shard), settings)
+    name = index_shard_name(settings.app_name, shard)
+    return named_actor(IndexShard, name, settings, shard, options=shard_options(settings))

@@ -24,6 +24,13 @@ def index_shard_name(app_name: str, shard: int) -> str:
     return f"{app_name}:index-shard-{shard}"
 
 
+def index_shard_number(app_name: str, name: str) -> int | None:
+    """The shard number in an IndexShard's actor name, or None for any other name."""
+    prefix = f"{app_name}:index-shard-"
+    tail = name[len(prefix) :] if name.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else None
+
+
 def shard_for(user: str, shards: int) -> int:
     """Stable user -> shard mapping (crc32: the same in every process, unlike hash()); the
     same as `lumen.keys.shard_of`, which the queue's per-shard indexes use."""
@@ -31,13 +38,22 @@ def shard_for(user: str, shards: int) -> int:
 
 
 def named_actor(
-    actor_class: Any, name: str, settings: Settings, *args: Any
+    actor_class: Any,
+    name: str,
+    settings: Settings,
+    *args: Any,
+    options: dict[str, Any] | None = None,
 ) -> ray.actor.ActorHandle:
-    """The detached actor called `name`, created on first use (every caller may race here)."""
+    """The detached actor called `name`, created on first use (every caller may race here).
+
+    `options` add to or replace Ray's actor options (placement, resources)."""
     return actor_class.options(
-        name=name,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        resources=settings.actor_resources,
+        **{
+            "name": name,
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "resources": settings.actor_resources,
+            **(options or {}),
+        }
     ).remote(settings, *args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -75,3 +77,10 @@ class UsageResponse(BaseModel):
 class RetryResponse(BaseModel):
     message: str
     requeued: list[str]
+
+
+class ShardsResponse(BaseModel):
+    """Each IndexShard: node, estimated bytes held against its budget, spaces, counters,
+    its largest spaces; or `status` busy/unreachable when it did not answer in time."""
+
+    shards: list[dict[str, Any]]

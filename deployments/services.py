@@ -11,12 +11,13 @@ import logging
 from typing import Any
 
 import numpy as np
+import ray
 from ray.exceptions import RayActorError
 
 from actors.dispatcher import get_dispatcher
 from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
-from actors.naming import shard_for
+from actors.naming import NAMESPACE, index_shard_number, shard_for
 from lumen.account import AccountService
 from lumen.admission import Admission, PenaltyBox, Tarpit
 from lumen.answerer import make_answerer
@@ -33,6 +34,7 @@ from lumen.uploads import UploadService
 log = logging.getLogger(__name__)
 
 SUPERVISE_INTERVAL_S = 2.0
+RETIRED_SHARDS_EVERY = 15  # ticks: shards past a lowered shard count are looked for each 30 s
 
 
 class ServeEncoder:
@@ -100,9 +102,38 @@ class ActorHandles:
         return self._monitor
 
     async def converge_shards(self) -> None:
-        """Every shard checks its users' mirrors against Redis (repairs within seconds)."""
-        for n in range(self.settings.queue.index_shards):
-            await self.shard_n(n).handle.converge.remote()
+        """Every shard checks its users' mirrors against Redis (repairs within seconds),
+        releases the users it no longer owns under the shard count and writes due snapshots."""
+        shards = self.settings.queue.index_shards
+        for n in range(shards):
+            await self.shard_n(n).handle.converge.remote(shards)
+
+    async def release_retired_shards(self) -> None:
+        """Shards numbered past the shard count (it was lowered) release every space."""
+        shards = self.settings.queue.index_shards
+        named = await asyncio.to_thread(ray.util.list_named_actors, True)
+        for entry in named:
+            n = index_shard_number(self.settings.app_name, entry["name"])
+            if entry["namespace"] == NAMESPACE and n is not None and n >= shards:
+                actor = ray.get_actor(entry["name"], namespace=NAMESPACE)
+                await actor.converge.remote(shards)
+
+    async def shard_stats(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Each shard's memory and spaces; a shard busy past `timeout_s` says so."""
+
+        async def one(n: int) -> dict[str, Any]:
+            try:
+                return dict(
+                    await asyncio.wait_for(self.shard_n(n).handle.stats.remote(), timeout_s)
+                )
+            except TimeoutError:
+                return {"shard": n, "status": "busy"}
+            except Exception as exc:  # noqa: BLE001 - a restarting shard is reported, not raised
+                return {"shard": n, "status": "unreachable", "error": type(exc).__name__}
+
+        return list(
+            await asyncio.gather(*(one(n) for n in range(self.settings.queue.index_shards)))
+        )
 
     def forget(self) -> None:
         """Look every actor up again (one was killed for good and created anew)."""
@@ -137,12 +168,16 @@ class Supervisor:
             log.warning("dispatcher not reachable", exc_info=True)
 
     async def _watch(self) -> None:
+        ticks = 0
         while True:
             try:
                 for dispatcher in self.handles.dispatchers():
                     await dispatcher.ensure_running.remote()
                 await self.handles.monitor().ensure_running.remote()
                 await self.handles.converge_shards()
+                if ticks % RETIRED_SHARDS_EVERY == 0:
+                    await self.handles.release_retired_shards()
+                ticks += 1
             except RayActorError:
                 self.handles.forget()
             except Exception:  # noqa: BLE001 - an actor restarting: try again shortly

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -155,6 +156,20 @@ class IndexSettings(BaseModel):
 
     approximate_threshold: int = 50_000
     ivf_nprobe: int = 32
+    # What one IndexShard holds (FAISS + BM25, estimated); least recently used users' spaces
+    # are evicted past it (never the one being served). 0 = no limit.
+    shard_memory_bytes: int = Field(default=4 * 1024**3, ge=0)
+    # Snapshots of users' indexes under <data_dir>/snapshots, keyed by the vector version;
+    # written once a space has been quiet `snapshot_debounce_s` (or dirty for
+    # `snapshot_max_delay_s`), and only for spaces of at least `snapshot_min_vectors`.
+    snapshots: bool = True
+    snapshot_debounce_s: float = Field(default=10.0, ge=0)
+    snapshot_max_delay_s: float = Field(default=120.0, ge=0)
+    snapshot_min_vectors: int = Field(default=1_000, ge=0)
+    # How IndexShard actors are placed: "SPREAD" (over the nodes that fit `shard_resources`)
+    # or "DEFAULT" (Ray's packing). `shard_resources` None: `actor_resources` (e.g. the head).
+    shard_placement: Literal["SPREAD", "DEFAULT"] = "SPREAD"
+    shard_resources: dict[str, float] | None = None
 
 
 class GeminiSettings(BaseModel):

@@ -42,6 +42,39 @@ class RayMetrics:
         index_repairs().inc(n)
 
 
+class ShardMetrics(Protocol):
+    """What an IndexShard's space registry records (its shard number is bound by the maker)."""
+
+    def shard_memory(self, held_bytes: int, spaces: int) -> None: ...
+    def shard_evictions(self, n: int) -> None: ...
+    def index_load_seconds(self, source: str, seconds: float) -> None: ...
+    def snapshot_writes(self, n: int) -> None: ...
+    def snapshot_rejects(self, reason: str, n: int) -> None: ...
+
+
+class RayShardMetrics:
+    """`ShardMetrics` through the Ray metrics below, tagged with the shard number."""
+
+    def __init__(self, shard: int) -> None:
+        self.tags = {"shard": str(shard)}
+
+    def shard_memory(self, held_bytes: int, spaces: int) -> None:
+        shard_bytes().set(held_bytes, tags=self.tags)
+        shard_spaces().set(spaces, tags=self.tags)
+
+    def shard_evictions(self, n: int) -> None:
+        shard_evictions().inc(n, tags=self.tags)
+
+    def index_load_seconds(self, source: str, seconds: float) -> None:
+        index_load_seconds().observe(seconds, tags={**self.tags, "source": source})
+
+    def snapshot_writes(self, n: int) -> None:
+        snapshot_writes().inc(n, tags=self.tags)
+
+    def snapshot_rejects(self, reason: str, n: int) -> None:
+        snapshot_rejects().inc(n, tags={**self.tags, "reason": reason})
+
+
 _LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 _BATCH_BOUNDS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -103,4 +136,58 @@ def index_repairs() -> Counter:
     return Counter(
         "lumen_index_repairs_total",
         "Users' index mirrors found behind Redis and rebuilt (lost replies, shard deaths).",
+    )
+
+
+@cache
+def shard_bytes() -> Gauge:
+    return Gauge(
+        "lumen_shard_bytes",
+        "Estimated bytes of the users' indexes an IndexShard holds (FAISS + BM25).",
+        tag_keys=("shard",),
+    )
+
+
+@cache
+def shard_spaces() -> Gauge:
+    return Gauge(
+        "lumen_shard_spaces", "Users' spaces loaded in an IndexShard.", tag_keys=("shard",)
+    )
+
+
+@cache
+def shard_evictions() -> Counter:
+    return Counter(
+        "lumen_shard_evictions_total",
+        "Users' spaces evicted from an IndexShard (memory budget, re-hash, operator).",
+        tag_keys=("shard",),
+    )
+
+
+_LOAD_BOUNDS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]
+
+
+@cache
+def index_load_seconds() -> Histogram:
+    return Histogram(
+        "lumen_index_load_seconds",
+        "Time to load a user's space into an IndexShard, by source (snapshot, redis).",
+        boundaries=_LOAD_BOUNDS,
+        tag_keys=("shard", "source"),
+    )
+
+
+@cache
+def snapshot_writes() -> Counter:
+    return Counter(
+        "lumen_snapshot_writes_total", "Index snapshots written.", tag_keys=("shard",)
+    )
+
+
+@cache
+def snapshot_rejects() -> Counter:
+    return Counter(
+        "lumen_snapshot_rejects_total",
+        "Snapshots not used, by reason (stale, corrupt, error): the space was rebuilt from Redis.",
+        tag_keys=("shard", "reason"),
     )

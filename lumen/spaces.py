@@ -1,22 +1,44 @@
-"""Users' searchable spaces: FAISS indexes rebuilt from Redis, kept in step with commits."""
+"""Users' searchable spaces: FAISS indexes rebuilt from Redis, kept in step with commits.
+
+A shard holds its users' spaces within a memory budget (`index.shard_memory_bytes`, an
+estimate of FAISS + BM25 bytes): past it the least recently used spaces are evicted, never
+the one being served. A space is loaded from its snapshot (lumen.snapshots) when one
+matches the user's vector version in Redis, and rebuilt from Redis otherwise; a space that
+changed is snapshotted once it has been quiet for `snapshot_debounce_s`.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
 
 from lumen.config import IndexSettings, Settings
 from lumen.errors import ModelMismatch
-from lumen.index import UserIndex
+from lumen.index import IndexKind, UserIndex, nlist_for
+from lumen.metrics import ShardMetrics
 from lumen.pdfsearch import BM25Index, fuse
 from lumen.search import SearchHit
+from lumen.snapshots import SnapshotRejected, SnapshotStore, Version, read_version, vectors_of
 from lumen.storage import Stores
 from lumen.vectors import decode_vectors
+
+log = logging.getLogger(__name__)
+
+# Per stored vector besides its floats: the int64 id, and the id -> slot hash entry
+# (IndexIDMap2's rev_map, or the IVF's hashtable direct map).
+_ID_OVERHEAD_BYTES = 8 + 40
+# BM25 postings are Python tuples in dicts: about this much per character of page text.
+_BM25_BYTES_PER_CHAR = 10
+_BM25_BYTES_PER_PAGE = 300
 
 
 @contextmanager
@@ -47,6 +69,21 @@ def is_pdf_page(user: str, item: str) -> bool:
     return item.startswith(f"uploads/{user}/pdfs/")
 
 
+def index_bytes(index: UserIndex) -> int:
+    """Estimated memory of a UserIndex: its vectors, ids and id map (and IVF centroids)."""
+    n = len(index)
+    held = n * (4 * index.dim + _ID_OVERHEAD_BYTES)
+    if index.kind is IndexKind.IVF:
+        held += nlist_for(n) * index.dim * 4
+    return held
+
+
+def bm25_bytes(pages: Mapping[str, str]) -> int:
+    """Estimated memory of a BM25Index over `pages`."""
+    chars = sum(len(text or "") for text in pages.values())
+    return chars * _BM25_BYTES_PER_CHAR + len(pages) * _BM25_BYTES_PER_PAGE
+
+
 @dataclass
 class Space:
     """One user's vectors: all items, and PDF pages alone for PDF questions."""
@@ -55,21 +92,56 @@ class Space:
     images: UserIndex
     pdf_pages: UserIndex
     bm25: BM25Index | None = None
+    bm25_bytes: int = 0
+    # When the first change not yet in a snapshot happened, and the latest (monotonic s).
+    dirty_since: float | None = None
+    changed_at: float = 0.0
+    used_at: float = 0.0
+
+    def nbytes(self) -> int:
+        return index_bytes(self.images) + index_bytes(self.pdf_pages) + self.bm25_bytes
+
+    def changed(self, now: float) -> None:
+        if self.dirty_since is None:
+            self.dirty_since = now
+        self.changed_at = now
+
+
+@dataclass
+class ShardCounters:
+    """What a registry did since it started (the operator view shows them)."""
+
+    evictions: int = 0
+    loads: dict[str, int] = field(default_factory=lambda: {"snapshot": 0, "redis": 0})
+    snapshot_writes: int = 0
+    snapshot_rejects: dict[str, int] = field(default_factory=dict)
 
 
 class SpaceRegistry:
-    """The spaces of the users hashed to one shard; Redis is the truth, these are caches."""
+    """The spaces of the users hashed to one shard; Redis is the truth, these are caches.
+
+    `spaces` is kept in least-recently-used order (oldest first). Without a snapshot store
+    every cold space is rebuilt from Redis.
+    """
 
     def __init__(
         self,
         settings: Settings,
         stores: Stores,
         on_repair: Callable[[str, int, int], None] | None = None,
+        *,
+        snapshots: SnapshotStore | None = None,
+        metrics: ShardMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.stores = stores
-        self.spaces: dict[str, Space] = {}
+        self.spaces: OrderedDict[str, Space] = OrderedDict()
         self.on_repair = on_repair
+        self.snapshots = snapshots
+        self.metrics = metrics
+        self.clock = clock
+        self.counters = ShardCounters()
 
     def converge(self, user: str) -> bool:
         """Make the user's mirror hold what Redis holds; True when it had to be repaired.
@@ -96,34 +168,95 @@ class SpaceRegistry:
         return [user for user in list(self.spaces) if self.converge(user)]
 
     def load(self, user: str) -> Space | None:
-        """The user's space, rebuilt from Redis on first use; None when nothing is indexed."""
-        if user in self.spaces:
-            return self.spaces[user]
-        info = self.stores.vectors.info(user)
-        if info is None:
+        """The user's space: loaded on first use (snapshot, or rebuilt from Redis); None when
+        nothing is indexed. Loading may evict other users' spaces to stay within budget."""
+        now = self.clock()
+        space = self.spaces.get(user)
+        if space is not None:
+            self.spaces.move_to_end(user)
+            space.used_at = now
+            return space
+        version = read_version(self.stores.vectors, user)
+        if version is None:
             return None
+        # Make room first, so the shard never holds more than the budget plus this space.
+        self._enforce_budget(
+            keep=user, incoming=version.count * (4 * version.dim + _ID_OVERHEAD_BYTES)
+        )
+        t0 = time.perf_counter()
+        pdf_ids = self._pdf_ids(user)
+        images = self._from_snapshot(user, version)
+        pdf_vecs: np.ndarray | None = None
+        if images is not None and len(pdf_ids):
+            try:
+                pdf_vecs = vectors_of(images, pdf_ids)
+            except RuntimeError:  # a PDF page the snapshot lacks: it is not this version
+                self._rejected("corrupt")
+                if self.snapshots is not None:
+                    self.snapshots.remove(user)
+                images = None
+        source = "snapshot" if images is not None else "redis"
+        if images is None:
+            ids, vecs = self._scan(user, version.dim)
+            with faiss_threads(os.cpu_count() or 1):  # a rebuild may use the whole node briefly
+                images = new_index(version.dim, self.settings.index, ids, vecs)
+            if len(pdf_ids):
+                by_id = np.argsort(ids)
+                pdf_vecs = vecs[by_id[np.searchsorted(ids, pdf_ids, sorter=by_id)]]
+            del ids, vecs
+        space = Space(
+            dim=version.dim, images=images, pdf_pages=new_index(version.dim, self.settings.index)
+        )
+        space.used_at = now
+        if pdf_vecs is not None:
+            space.pdf_pages.upsert(pdf_ids, pdf_vecs)
+        if source == "redis" and self._worth_a_snapshot(len(images)):
+            space.changed(now)  # snapshot it once it has been quiet
+        self.spaces[user] = space
+        self.counters.loads[source] += 1
+        if self.metrics is not None:
+            self.metrics.index_load_seconds(source, time.perf_counter() - t0)
+        self._enforce_budget(keep=user)
+        return space
+
+    def _scan(self, user: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         all_ids: list[np.ndarray] = []
         all_vecs: list[np.ndarray] = []
         for chunk_ids, blobs in self.stores.vectors.scan(user):
             all_ids.append(np.asarray(chunk_ids, dtype=np.int64))
-            all_vecs.append(decode_vectors(blobs, info.dim))
+            all_vecs.append(decode_vectors(blobs, dim))
         ids = np.concatenate(all_ids) if all_ids else np.empty(0, dtype=np.int64)
-        vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, info.dim), dtype=np.float32)
-        ix = self.settings.index
-        with faiss_threads(os.cpu_count() or 1):  # a rebuild may use the whole node briefly
-            images = new_index(info.dim, ix, ids, vecs)
-        space = Space(dim=info.dim, images=images, pdf_pages=new_index(info.dim, ix))
+        vecs = np.concatenate(all_vecs) if all_vecs else np.empty((0, dim), dtype=np.float32)
+        return ids, vecs
+
+    def _pdf_ids(self, user: str) -> np.ndarray:
         pdf_items = self.stores.queue.pdf_items(user)
-        pdf_ids = np.array(
+        return np.array(
             [i for i in self.stores.vectors.ids_for(user, pdf_items) if i is not None],
             dtype=np.int64,
         )
-        if len(pdf_ids):
-            by_id = np.argsort(ids)
-            rows = by_id[np.searchsorted(ids, pdf_ids, sorter=by_id)]
-            space.pdf_pages.upsert(pdf_ids, vecs[rows])
-        self.spaces[user] = space
-        return space
+
+    def _from_snapshot(self, user: str, version: Version) -> UserIndex | None:
+        if self.snapshots is None:
+            return None
+        try:
+            return self.snapshots.load(user, version, self.settings.index)
+        except SnapshotRejected as exc:
+            self._rejected(exc.reason)
+            log.warning("snapshot of a space not used (%s); rebuilding from Redis", exc)
+        except Exception:  # noqa: BLE001 - a cache: anything wrong means rebuild
+            self._rejected("error")
+            log.exception("snapshot of a space could not be read; rebuilding from Redis")
+        return None
+
+    def _rejected(self, reason: str) -> None:
+        rejects = self.counters.snapshot_rejects
+        rejects[reason] = rejects.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.snapshot_rejects(reason, 1)
+
+    def _worth_a_snapshot(self, n: int) -> bool:
+        return self.snapshots is not None and n >= max(1, self.settings.index.snapshot_min_vectors)
 
     def add(self, user: str, committed: dict[str, int], vectors: dict[str, np.ndarray]) -> None:
         """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated)."""
@@ -138,9 +271,138 @@ class SpaceRegistry:
         if pdf.any():
             space.pdf_pages.upsert(ids[pdf], vecs[pdf])
             space.bm25 = None
+            space.bm25_bytes = 0
+        if self._worth_a_snapshot(len(space.images)):
+            space.changed(self.clock())
+        self._enforce_budget(keep=user)
 
     def drop(self, user: str) -> None:
+        """Forget the user's space and its snapshot (their space was reset in Redis)."""
         self.spaces.pop(user, None)
+        if self.snapshots is not None:
+            self.snapshots.remove(user)
+        self._publish()
+
+    def evict(self, user: str) -> bool:
+        """Free the user's space (snapshotted first if it changed); False if not loaded."""
+        space = self.spaces.get(user)
+        if space is None:
+            return False
+        if space.dirty_since is not None:
+            self._save(user, space)
+        del self.spaces[user]
+        self.counters.evictions += 1
+        if self.metrics is not None:
+            self.metrics.shard_evictions(1)
+        self._publish()
+        return True
+
+    def release_unowned(self, owns: Callable[[str], bool]) -> list[str]:
+        """Evict the spaces of users this shard no longer owns (the shard count changed)."""
+        gone = [user for user in list(self.spaces) if not owns(user)]
+        for user in gone:
+            self.evict(user)
+        return gone
+
+    def held_bytes(self) -> int:
+        return sum(space.nbytes() for space in self.spaces.values())
+
+    def _enforce_budget(self, keep: str, incoming: int = 0) -> None:
+        """Evict least recently used spaces but `keep` while over the memory budget (with
+        `incoming` more bytes about to be loaded)."""
+        budget = self.settings.index.shard_memory_bytes
+        if budget > 0:
+            held = self.held_bytes() + incoming
+            for user in list(self.spaces):
+                if held <= budget:
+                    break
+                if user != keep:
+                    held -= self.spaces[user].nbytes()
+                    self.evict(user)
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.metrics is not None:
+            self.metrics.shard_memory(self.held_bytes(), len(self.spaces))
+
+    def flush(self, force: bool = False) -> int:
+        """Snapshot the spaces that changed and have been quiet long enough (all, if `force`).
+
+        Quiet: no change for `snapshot_debounce_s`, or changing for `snapshot_max_delay_s`
+        (a steady stream of commits still gets a snapshot now and then).
+        """
+        if self.snapshots is None:
+            return 0
+        now = self.clock()
+        ix = self.settings.index
+        written = 0
+        for user, space in list(self.spaces.items()):
+            if space.dirty_since is None:
+                continue
+            quiet = now - space.changed_at >= ix.snapshot_debounce_s
+            overdue = now - space.dirty_since >= ix.snapshot_max_delay_s
+            if force or quiet or overdue:
+                written += self._save(user, space)
+        return written
+
+    def snapshot(self, user: str) -> bool:
+        """Write the user's snapshot now, whatever its size or age (operators, tests)."""
+        space = self.spaces.get(user)
+        return space is not None and self._save(user, space, any_size=True)
+
+    def _save(self, user: str, space: Space, any_size: bool = False) -> bool:
+        """Write the space's snapshot at Redis's current version; True when written.
+
+        A mirror that does not match Redis's count is not written (convergence rebuilds it).
+        """
+        if self.snapshots is None:
+            return False
+        version = read_version(self.stores.vectors, user)
+        if (
+            version is None
+            or version.count != len(space.images)
+            or version.dim != space.dim
+            or not (any_size or self._worth_a_snapshot(version.count))
+        ):
+            space.dirty_since = None
+            return False
+        try:
+            written = self.snapshots.save(user, version, space.images)
+        except OSError:
+            log.exception("could not write a snapshot; trying again later")
+            space.changed_at = self.clock()  # try again after another quiet period
+            return False
+        space.dirty_since = None
+        if written:
+            self.counters.snapshot_writes += 1
+            if self.metrics is not None:
+                self.metrics.snapshot_writes(1)
+        return bool(written)
+
+    def stats(self, top: int = 20) -> dict[str, Any]:
+        """Memory, spaces, counters, and the `top` largest spaces (for operators)."""
+        now = self.clock()
+        largest = sorted(self.spaces.items(), key=lambda kv: kv[1].nbytes(), reverse=True)
+        return {
+            "bytes": self.held_bytes(),
+            "budget_bytes": self.settings.index.shard_memory_bytes,
+            "spaces": len(self.spaces),
+            "evictions": self.counters.evictions,
+            "loads": dict(self.counters.loads),
+            "snapshot_writes": self.counters.snapshot_writes,
+            "snapshot_rejects": dict(self.counters.snapshot_rejects),
+            "users": [
+                {
+                    "user": user,
+                    "vectors": len(space.images),
+                    "bytes": space.nbytes(),
+                    "kind": str(space.images.kind),
+                    "idle_s": round(now - space.used_at, 1),
+                    "snapshot_pending": space.dirty_since is not None,
+                }
+                for user, space in largest[:top]
+            ],
+        }
 
     def search(self, user: str, query: np.ndarray, k: int) -> list[SearchHit]:
         self.converge(user)
@@ -165,7 +427,10 @@ class SpaceRegistry:
         items = self.stores.vectors.items_for(user, [h.id for h in clip_hits])
         clip_scores = {it: h.score for it, h in zip(items, clip_hits, strict=True) if it}
         if space.bm25 is None:
-            space.bm25 = BM25Index(self.stores.queue.pdf_texts(user))
+            pages = self.stores.queue.pdf_texts(user)
+            space.bm25 = BM25Index(pages)
+            space.bm25_bytes = bm25_bytes(pages)
+            self._enforce_budget(keep=user)
         text = {i: r for i, r in space.bm25.relevance(query).items() if i in clip_scores}
         if mode == "fused":
             fused = fuse(clip_scores, text, k=k)

@@ -1,4 +1,5 @@
-"""`GET /monitor/worker`, `GET /monitor/events` (SSE) and `POST /monitor/events/reset`."""
+"""`GET /monitor/worker`, `GET /monitor/events` (SSE), `POST /monitor/events/reset`, and
+the operators' `GET /monitor/shards`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deployments.deps import AUTH_ERRORS, AdminUser, StreamAuth, Svc
-from deployments.schemas import MessageResponse
+from deployments.schemas import MessageResponse, ShardsResponse
 from deployments.sse import sse_stream
 from lumen.events import visible_events
 
 router = APIRouter(prefix="/monitor", tags=["monitor"], responses=AUTH_ERRORS)
+
+SHARD_STATS_TIMEOUT_S = 2.0
 
 
 @router.get("/worker", response_class=StreamingResponse)
@@ -46,3 +49,10 @@ async def reset_events(user: AdminUser, svc: Svc) -> MessageResponse:
     """Clear the event log. Operators only (LUMEN_AUTH__ADMIN_USERS)."""
     await asyncio.to_thread(svc.stores.events.reset)
     return MessageResponse(message="Monitor events reset successfully.")
+
+
+@router.get("/shards", response_model=ShardsResponse)
+async def shards(user: AdminUser, svc: Svc) -> ShardsResponse:
+    """Each IndexShard's memory against its budget, its spaces and evictions, and its largest
+    users' spaces. Operators only (LUMEN_AUTH__ADMIN_USERS)."""
+    return ShardsResponse(shards=await svc.actors.shard_stats(SHARD_STATS_TIMEOUT_S))

@@ -243,3 +243,7 @@ class VectorStore:
         pipe.execute()
         for block in blocks_of(ids, self.per):  # SETRANGE grew them greedily: exact now
             self._compact(keys=[k.vblock(user, block)])
+
+    def last_id(self, user: str) -> int:
+        """The last vector id issued to the user (0 before any): part of a snapshot's version."""
+        return int(self._r.get(self._k.vseq(user)) or 0)

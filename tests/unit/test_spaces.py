@@ -37,9 +37,17 @@ class FakeVectors:
 
     def __init__(self) -> None:
         self.rows: dict[int, tuple[str, np.ndarray]] = {}
+        self.seq = 0
 
     def put(self, vid: int, item: str, vector: np.ndarray) -> None:
         self.rows[vid] = (item, vector.astype("<f4"))
+        self.seq = max(self.seq, vid)
+
+    def last_id(self, user: str) -> int:
+        return self.seq
+
+    def items_for(self, user: str, ids: list[int]) -> list[str | None]:
+        return [self.rows[i][0] if i in self.rows else None for i in ids]
 
     def info(self, user: str) -> IndexInfo | None:
         return IndexInfo("m", DIM) if self.rows else None
@@ -69,7 +77,9 @@ def test_a_mirror_behind_redis_is_rebuilt_before_a_search_and_the_repair_is_repo
     stores = FakeStores()
     repairs: list[tuple[str, int, int]] = []
     registry = SpaceRegistry(
-        Settings(), stores, on_repair=lambda *r: repairs.append(r)  # type: ignore[arg-type]
+        Settings(),
+        stores,
+        on_repair=lambda *r: repairs.append(r),  # type: ignore[arg-type]
     )
     vecs = vectors(3)
     stores.vectors.put(1, "uploads/u/a.jpg", vecs[0])
