@@ -147,13 +147,15 @@ def clip_scores(pages: list[Page], questions: list[str]) -> np.ndarray:
     return text_vecs @ image_vecs.T
 
 
+def item_name(doc: str, number: int) -> str:
+    """Named like the product's page files, so page continuity finds the page before."""
+    return f"{doc}_page_{number:03d}.jpg"
+
+
 def build_index(pages: dict[str, Page]) -> object:
-    if hasattr(pdfsearch, "PageIndex"):
-        return pdfsearch.PageIndex(
-            {
-                item: pdfsearch.PageText(p.text, p.headings, p.doc, p.number)
-                for item, p in pages.items()
-            }
+    if hasattr(pdfsearch, "PageText"):
+        return pdfsearch.BM25Index(
+            {item: pdfsearch.PageText(p.text, p.headings) for item, p in pages.items()}
         )
     return pdfsearch.BM25Index({item: p.text for item, p in pages.items()})  # before #16
 
@@ -172,27 +174,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", choices=("tune", "check", "all"), default="all")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--misses", action="store_true", help="print every miss")
+    parser.add_argument("--misses", choices=MODES, help="print the misses of this mode")
     args = parser.parse_args()
 
     spec = json.loads(QUESTIONS.read_text())["questions"]
     questions = [q for q in spec if args.split == "all" or q["split"] == args.split]
     with tempfile.TemporaryDirectory() as tmp:
         pages, render_s = render_all(Path(tmp))
-        items = {f"{p.doc}#{p.number}": p for p in pages}
+        items = {item_name(p.doc, p.number): p for p in pages}
         keys = list(items)
         sims = clip_scores(pages, [q["question"] for q in questions])
         index = build_index(items)
         hits: dict[tuple[str, str], list[tuple[bool, bool]]] = defaultdict(list)
         for qi, q in enumerate(questions):
             clip = {k: float(s) for k, s in zip(keys, sims[qi], strict=True)}
-            want = {f"{q['doc']}#{n}" for n in q["pages"]}
+            want = {item_name(q["doc"], n) for n in q["pages"]}
             for mode in MODES:
                 top = rank(index, clip, q["question"], mode)
                 result = (top[:1] != [] and top[0] in want, bool(want & set(top[:3])))
                 hits[(q["doc"], mode)].append(result)
                 hits[("ALL", mode)].append(result)
-                if args.misses and mode == "fused" and not result[0]:
+                if args.misses == mode and not result[0]:
                     print(f"MISS [{q['split']}] {q['doc']}: {q['question']!r} want {q['pages']}")
                     print(f"     got {top}")
     ocr = sum(p.source == "ocr" for p in pages)

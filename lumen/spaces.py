@@ -13,7 +13,7 @@ import numpy as np
 from lumen.config import IndexSettings, Settings
 from lumen.errors import ModelMismatch
 from lumen.index import UserIndex
-from lumen.pdfsearch import BM25Index, fuse
+from lumen.pdfsearch import BM25Index, page_index, rank_pages
 from lumen.search import SearchHit
 from lumen.storage import Stores
 from lumen.vectors import decode_vectors
@@ -165,12 +165,9 @@ class SpaceRegistry:
         items = self.stores.vectors.items_for(user, [h.id for h in clip_hits])
         clip_scores = {it: h.score for it, h in zip(items, clip_hits, strict=True) if it}
         if space.bm25 is None:
-            space.bm25 = BM25Index(self.stores.queue.pdf_texts(user))
-        text = {i: r for i, r in space.bm25.relevance(query).items() if i in clip_scores}
-        if mode == "fused":
-            fused = fuse(clip_scores, text, k=k)
-        else:  # one side alone (evaluation): ties are broken by the other side
-            fused = fuse(clip_scores, text, k=k, text_weight=1.0 if mode == "text" else 0.0)
+            texts = self.stores.queue.pdf_texts(user)
+            space.bm25 = page_index(texts, self.stores.queue.meta(user, list(texts)))
+        fused = rank_pages(clip_scores, space.bm25, query, mode=mode, k=k)
         return [
             SearchHit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score)
             for h in fused

@@ -57,10 +57,13 @@ def page(number: int) -> str:
     return f"page_{number:03d}.jpg"
 
 
-def test_tokenize_lowercases_drops_stopwords_and_folds_plurals() -> None:
-    assert tokenize("The Licenses of the Contributors") == ["license", "contributor"]
-    assert tokenize("Liabilities, classes; status") == ["liability", "class", "status"]
-    assert tokenize("Übersetzung der Lizenz 2.0") == ["übersetzung", "der", "lizenz", "2", "0"]
+def test_tokenize_lowercases_drops_stopwords_and_stems() -> None:
+    # Snowball English stems: a word and its inflections meet on one stem
+    assert tokenize("The Licenses of the Contributors") == tokenize("license contributor")
+    assert tokenize("Liabilities, classes; status") == tokenize("liability class status")
+    assert tokenize("running runs") == ["run", "run"]
+    assert tokenize("How do I use it?") == []
+    assert tokenize("Übersetzung der Lizenz 2.0")[-2:] == ["2", "0"]
 
 
 def test_bm25_ranks_the_page_with_a_rare_phrase_first() -> None:
