@@ -186,7 +186,7 @@ class BM25Index:
             if extra is not None:
                 total += weight * extra
         total[~self._has_text] = 0.0
-        matched = (body > 0) & self._has_text
+        matched = (total > 0) & self._has_text
         if len(terms) > 1:
             total += self._proximity(terms, body, matched)
         total[self._list_page] *= LIST_PAGE_FACTOR

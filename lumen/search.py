@@ -79,6 +79,7 @@ class PageResult:
     page: int | None
     text_score: float | None
     score: float | None
+    text_source: str | None = None
 
 
 @dataclass
@@ -170,6 +171,7 @@ class SearchService:
                 (m or {}).get("page"),
                 h.text_score,
                 h.fused,
+                (m or {}).get("text_source", "text"),
             )  # fmt: skip
             for h, m in zip(hits, metas, strict=True)
         ]

@@ -91,6 +91,7 @@ async def search_pdf(
             page=p.page,
             text_score=p.text_score,
             score=p.score,
+            text_source=p.text_source,
         )  # fmt: skip
         for p in found.pages
     ]

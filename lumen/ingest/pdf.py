@@ -92,6 +92,32 @@ class RenderedPage:
     note: str = ""
 
 
+_NOTE_WORDS = {
+    OCR_TIMEOUT_NOTE: "OCR ran out of time",
+    OCR_FAILED_NOTE: "OCR failed",
+    OCR_UNAVAILABLE_NOTE: "OCR is not installed",
+}
+
+
+def ocr_note(pages: list[RenderedPage]) -> str:
+    """A sentence for the upload's message naming pages OCR could not read (or "")."""
+    by_note: dict[str, list[int]] = {}
+    for page in pages:
+        if page.note in _NOTE_WORDS:
+            by_note.setdefault(page.note, []).append(page.page_number)
+    parts = [
+        f" {_NOTE_WORDS[note]} on {len(numbers)} page{'s' if len(numbers) != 1 else ''}"
+        f" ({_page_list(numbers)}); they are queued without text."
+        for note, numbers in by_note.items()
+    ]
+    return "".join(parts)
+
+
+def _page_list(numbers: list[int], shown: int = 10) -> str:
+    text = ", ".join(str(n) for n in numbers[:shown])
+    return text + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
+
+
 def sniff_pdf(head: bytes) -> bool:
     """True when the first KiB carries the `%PDF-` marker (readers allow leading junk)."""
     return b"%PDF-" in head[:1024]
