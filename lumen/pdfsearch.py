@@ -69,8 +69,9 @@ _STOPWORD_TEXT = """
 """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split()) | frozenset(STOPWORDS_EN)
 _STEMMER = Stemmer.Stemmer("english")
-# A line that ends in a page number or a range/list of them: "Maps as Lists . . . 7", "12, 13"
-_LIST_LINE = re.compile(r"(?:\d+|[ivxlc]+)(?:\s*[,–-]\s*\d+)*\s*$", re.I)
+# A line that ends in a page number or a range/list of them: "Maps as Lists . . . 7",
+# "parfor, 12, 13"; a number glued to a word ("v4", a figure label) does not count.
+_LIST_LINE = re.compile(r"(?:^|[\s.])\d+(?:\s*[,–-]\s*\d+)*\s*$")
 _DOTTED_LEADER = re.compile(r"(?:\.\s?){4,}")
 _PAGE_ITEM = re.compile(r"^(?P<stem>.*_page_)(?P<number>\d+)(?P<ext>\.\w+)$")
 
