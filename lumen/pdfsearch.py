@@ -144,7 +144,12 @@ class BM25Index:
         self._items = list(pages)
         page_texts = [_page_text(pages[i]) for i in self._items]
         bodies = [tokenize(p.text or "") for p in page_texts]
-        self._tokens = bodies
+        # Word positions for the proximity bonus, kept compact: term ids, not strings.
+        self._term_ids: dict[str, int] = {}
+        self._tokens = [
+            np.array([self._term_ids.setdefault(t, len(self._term_ids)) for t in b], np.int32)
+            for b in bodies
+        ]
         self._lengths = np.array([len(t) for t in bodies], dtype=np.float64)
         position = {item: at for at, item in enumerate(self._items)}
         lead_ins: list[list[str]] = []
@@ -201,8 +206,13 @@ class BM25Index:
             candidates = candidates[np.argsort(-body[candidates])[:_PROXIMITY_CANDIDATES]]
         idf = {t: self._idf_of(self._doc_freq.get(t, 0)) for t in terms}
         reference = sum(idf.values())
+        by_id = {self._term_ids[t]: w for t, w in idf.items() if t in self._term_ids}
+        ids = np.fromiter(by_id, dtype=np.int32, count=len(by_id))
         for at in candidates:
-            bonus[at] = PROXIMITY_WEIGHT * reference * _closeness(self._tokens[at], idf)
+            tokens = self._tokens[at]
+            positions = np.flatnonzero(np.isin(tokens, ids))
+            hits = [(int(pos), int(tokens[pos])) for pos in positions]
+            bonus[at] = PROXIMITY_WEIGHT * reference * _closeness(hits, by_id, reference)
         return bonus
 
     def reference_score(self, query: str) -> float:
@@ -240,18 +250,17 @@ def _page_text(page: str | PageText) -> PageText:
     return page if isinstance(page, PageText) else PageText(page or "")
 
 
-def _closeness(tokens: list[str], idf: Mapping[str, float]) -> float:
-    """The idf share of the query found in the best window of PROXIMITY_WINDOW words.
+def _closeness(hits: list[tuple[int, int]], idf: Mapping[int, float], total: float) -> float:
+    """The idf share (of `total`) of the query found in the best window of PROXIMITY_WINDOW
+    words; `hits` are the (position, term id) of the page's query words, in order.
 
     Only windows holding at least two different query words count; 0 when none does.
     """
-    hits = [(pos, tok) for pos, tok in enumerate(tokens) if tok in idf]
-    if len(hits) < 2:
+    if len(hits) < 2 or total <= 0:
         return 0.0
-    total = sum(idf.values())
     best = 0.0
     start = 0
-    counts: dict[str, int] = {}
+    counts: dict[int, int] = {}
     for pos, tok in hits:
         counts[tok] = counts.get(tok, 0) + 1
         while pos - hits[start][0] >= PROXIMITY_WINDOW:
