@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test unit lint bench venv redis chromium clean
+.PHONY: run test unit lint bench venv redis chromium tesseract clean
 
-run: venv redis  ## start Redis (if needed), Ray and the Serve app; Ctrl-C stops them
+run: venv redis tesseract  ## start Redis (if needed), Ray and the Serve app; Ctrl-C stops them
 	$(BIN)/python deploy.py
 
-test: venv redis chromium  ## the whole suite: unit + integration on real Ray, Redis and HTTP
+test: venv redis chromium tesseract  ## the whole suite: unit + integration on real Ray, Redis and HTTP
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: venv
@@ -32,6 +32,9 @@ $(VENV)/.installed: pyproject.toml
 
 redis:  ## make sure redis-server exists (tests and the run command start their own)
 	@bash scripts/ensure-redis.sh
+
+tesseract:  ## Tesseract OCR + English data for PDF pages without a text layer (OS packages)
+	@bash scripts/ensure-tesseract.sh
 
 chromium:  ## headless Chromium for the browser test (Debian packages)
 	@bash scripts/ensure-chromium.sh

@@ -49,6 +49,8 @@ class PageResult(BaseModel):
     page: int | None
     text_score: float | None
     score: float | None
+    # where the page's text came from: "text" (its text layer), "ocr" or "none" (issue 16)
+    text_source: str | None = None
 
 
 class PdfSearchResponse(BaseModel):

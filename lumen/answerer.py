@@ -8,6 +8,8 @@ when a Gemini API key is configured.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,12 +32,38 @@ INSTRUCTION = (
 )
 
 
+PAGES_INSTRUCTION = (
+    "You are shown the {n} pages of a user's documents that a search ranked best for the"
+    " question, numbered Page 1 to Page {n}. Answer the question using only what these pages"
+    " show. Be concise: a sentence or two, quoting figures or names exactly. If no page"
+    " contains the answer, say so. Then, on a last line of its own, write `PAGE: <number>`"
+    " with the number of the page your answer comes from, or `PAGE: none`."
+)
+MAX_ANSWER_PAGES = 3
+_PAGE_LINE = re.compile(r"^[ \t*`]*PAGE\s*:\s*(?:Page\s*)?(\w+)[ \t*`.]*$", re.I | re.M)
+
+
 @dataclass(frozen=True)
 class Answer:
-    """What the answerer produced: `text`, or `None` and a `reason` saying why not."""
+    """What the answerer produced: `text`, or `None` and a `reason` saying why not.
+
+    `page` is the 1-based number, among the pages sent, of the page the answer names; None
+    when it names none, names one that was not sent, or only one page was asked about.
+    """
 
     text: str | None
     reason: str | None = None
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class PageInput:
+    """One page sent to the answerer: its image, its extracted text, and a label."""
+
+    image: bytes
+    mime: str
+    text: str | None
+    label: str
 
 
 class Answerer(Protocol):
@@ -45,11 +73,16 @@ class Answerer(Protocol):
         self, question: str, page_image: bytes, mime: str, page_text: str | None
     ) -> Answer: ...
 
+    def answer_pages(self, question: str, pages: Sequence[PageInput]) -> Answer: ...
+
 
 class NoKeyAnswerer:
     """The answerer used when no API key is set: it never contacts anyone."""
 
     def answer(self, question: str, page_image: bytes, mime: str, page_text: str | None) -> Answer:
+        return Answer(text=None, reason=NO_KEY_REASON)
+
+    def answer_pages(self, question: str, pages: Sequence[PageInput]) -> Answer:
         return Answer(text=None, reason=NO_KEY_REASON)
 
 
@@ -66,7 +99,14 @@ class GeminiAnswerer:
         )
 
     def answer(self, question: str, page_image: bytes, mime: str, page_text: str | None) -> Answer:
-        contents = build_contents(question, page_image, mime, page_text)
+        return self._ask(build_contents(question, page_image, mime, page_text))
+
+    def answer_pages(self, question: str, pages: Sequence[PageInput]) -> Answer:
+        """Gemini answers from the best pages and names the page it used (`Answer.page`)."""
+        pages = list(pages)[:MAX_ANSWER_PAGES]
+        return page_answer(self._ask(build_pages_contents(question, pages)), len(pages))
+
+    def _ask(self, contents: types.Content) -> Answer:
         try:
             response = self._client.models.generate_content(model=self._model, contents=contents)
         except genai_errors.APIError as exc:
@@ -99,6 +139,39 @@ def build_contents(
         prompt += f"\n\nText extracted from the page (may be imperfect):\n{excerpt}"
     image = types.Part.from_bytes(data=page_image, mime_type=mime)
     return types.Content(role="user", parts=[image, types.Part.from_text(text=prompt)])
+
+
+def build_pages_contents(question: str, pages: Sequence[PageInput]) -> types.Content:
+    """The request for several pages: per page a label, its image and its text; then the ask."""
+    parts: list[types.Part] = []
+    share = _MAX_PAGE_TEXT_CHARS // max(1, len(pages))
+    for number, page in enumerate(pages, start=1):
+        parts.append(types.Part.from_text(text=f"Page {number} ({page.label}):"))
+        parts.append(types.Part.from_bytes(data=page.image, mime_type=page.mime))
+        if page.text and page.text.strip():
+            excerpt = page.text.strip()[:share]
+            parts.append(
+                types.Part.from_text(text=f"Text extracted from page {number}:\n{excerpt}")
+            )
+    prompt = PAGES_INSTRUCTION.format(n=len(pages)) + f"\n\nQuestion: {question.strip()}"
+    parts.append(types.Part.from_text(text=prompt))
+    return types.Content(role="user", parts=parts)
+
+
+def page_answer(answer: Answer, sent: int) -> Answer:
+    """`answer` with its `PAGE:` line taken out and read into `page` (None unless 1..sent)."""
+    if answer.text is None:
+        return answer
+    matches = list(_PAGE_LINE.finditer(answer.text))
+    if not matches:
+        return answer
+    last = matches[-1]
+    text = (answer.text[: last.start()] + answer.text[last.end() :]).strip()
+    value = last.group(1)
+    page = int(value) if value.isdigit() and 1 <= int(value) <= sent else None
+    return Answer(
+        text or None, answer.reason if text else "Gemini named a page but gave no answer", page
+    )
 
 
 def make_answerer(settings: GeminiSettings) -> Answerer:

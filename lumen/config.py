@@ -72,6 +72,12 @@ class LimitSettings(BaseModel):
     # The PDF render child's address space (RLIMIT_AS) and CPU time (RLIMIT_CPU); 0 = no limit
     pdf_max_memory_bytes: int = 2 * 1024**3
     pdf_cpu_s: float = 120.0
+    # OCR (Tesseract) for pages without a text layer, inside the render child: all of one
+    # PDF's OCR shares `pdf_ocr_timeout_s` (keep it under pdf_timeout_s); pages past it are
+    # still queued, without text, and the upload's message says so.
+    pdf_ocr: bool = True
+    pdf_ocr_timeout_s: float = 60.0
+    pdf_ocr_lang: str = "eng"
     max_query_chars: int = 1_000
     max_top_k: int = 100
     # /status lists at most this many items per state (the spec's fields, nothing added)

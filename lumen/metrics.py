@@ -179,9 +179,7 @@ def index_load_seconds() -> Histogram:
 
 @cache
 def snapshot_writes() -> Counter:
-    return Counter(
-        "lumen_snapshot_writes_total", "Index snapshots written.", tag_keys=("shard",)
-    )
+    return Counter("lumen_snapshot_writes_total", "Index snapshots written.", tag_keys=("shard",))
 
 
 @cache

@@ -1,22 +1,38 @@
 """Hybrid retrieval over a user's PDF pages: BM25 on page text fused with CLIP similarity.
 
 CLIP alone is weak on text-heavy pages (their embeddings crowd together) and BM25 alone is
-blind to scanned pages and figures, so `fuse` combines the two:
+blind to figures, so `fuse` combines the two:
 
     fused = (1 - TEXT_WEIGHT) * minmax(clip cosine) + TEXT_WEIGHT * text relevance
 
-Text relevance (`BM25Index.relevance`) is the BM25 score divided by the query's reference
-score (what an average-length page holding each query word once would get; words found on
-no page count at full idf), capped at 1. Unlike min-max or rank fusion it keeps *how much*
-of the query a page matches, so a stray word shared with a visual query ("copyright" in
-"signed copyright form") cannot outvote CLIP. In the evaluation in
+Text relevance (`BM25Index.relevance`) is the page's text score divided by the query's
+reference score (what an average-length page holding each query word once would get; words
+found on no page count at full idf), capped at 1. Unlike min-max or rank fusion it keeps
+*how much* of the query a page matches, so a stray word shared with a visual query
+("copyright" in "signed copyright form") cannot outvote CLIP. In the evaluation in
 `tests/unit/test_pdfsearch.py` (hit@1, text questions / visual queries on scanned pages,
 simulated CLIP) it scored 0.95 / 0.83, against 0.59 / 0.23 for reciprocal rank fusion
-(k=60), whose CLIP noise on text pages reorders BM25's top pages, and 0.97 / 0.23 for a
-max-normalised weighted sum. TEXT_WEIGHT 0.5 gave 0.89 / 0.88, 0.7 gave 0.97 / 0.64.
+(k=60) and 0.97 / 0.23 for a max-normalised weighted sum. TEXT_WEIGHT 0.5 gave 0.89 / 0.88,
+0.7 gave 0.97 / 0.64.
 
-- A page with no text (scanned) ranks through CLIP alone; a query that matches no text
-  leaves the CLIP order untouched.
+The text score of a page (issue 16; figures in docs/retrieval.md) is
+
+    body BM25 + HEADING_WEIGHT * heading BM25 + LEAD_IN_WEIGHT * lead-in BM25
+        + proximity bonus, then * LIST_PAGE_FACTOR on table-of-contents and index pages
+
+- Words: lowercased unicode words, stopwords dropped, Snowball (Porter2) English stems
+  through PyStemmer; BM25 (Lucene variant) through `bm25s`.
+- Headings: text set larger or bold than the document's body text (PyMuPDF span sizes and
+  flags, found by the render child), stored with the page.
+- Lead-in: the last `LEAD_IN_WORDS` words of the page before (same document), so an answer
+  that starts at the foot of one page and continues on the next is found on the next too.
+- Proximity: query words that occur close together on the page (within `PROXIMITY_WINDOW`
+  words, in any order) earn up to `PROXIMITY_WEIGHT` of the reference score.
+- List pages (tables of contents, indexes, lists of figures) are recognised by structure:
+  many lines ending in a page number, or dotted leaders. They mention every topic and
+  answer none, so they are demoted.
+- A page with no text (scanned, and OCR found nothing) ranks through CLIP alone; a query
+  that matches no text leaves the CLIP order untouched.
 - Each hit keeps its raw CLIP cosine, which is what the API reports as `similarity`.
 """
 
@@ -24,91 +40,248 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import bm25s
+import numpy as np
+import Stemmer
+from bm25s.stopwords import STOPWORDS_EN
 
 K1 = 1.5
 B = 0.75
 TEXT_WEIGHT = 0.6  # chosen by the evaluation in tests/unit/test_pdfsearch.py
+HEADING_WEIGHT = 0.6
+LEAD_IN_WEIGHT = 0.3
+LEAD_IN_WORDS = 40
+PROXIMITY_WEIGHT = 0.25
+PROXIMITY_WINDOW = 8
+LIST_PAGE_FACTOR = 0.35
+_PROXIMITY_CANDIDATES = 50  # pages (best by BM25) that get the proximity bonus computed
 
 _WORD = re.compile(r"\w+")
 _STOPWORD_TEXT = """
-    a an and are as at be been but by can do does for from had has have how i if in into is
-    it its me my no not of on or our so than that the their them then there these they this
-    to was we were what when where which who whom why will with would you your
+    a an and are as at be been but by can could do does for from had has have how i if in
+    into is it its me my no not of on or our should so than that the their them then there
+    these they this to was we were what when where which who whom why will with would you
+    your get use using make want need way
 """
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+STOPWORDS = frozenset(_STOPWORD_TEXT.split()) | frozenset(STOPWORDS_EN)
+_STEMMER = Stemmer.Stemmer("english")
+# A line that ends in a page number or a range/list of them: "Maps as Lists . . . 7",
+# "parfor, 12, 13"; a number glued to a word ("v4", a figure label) does not count.
+_LIST_LINE = re.compile(r"(?:^|[\s.])\d+(?:\s*[,–-]\s*\d+)*\s*$")
+_DOTTED_LEADER = re.compile(r"(?:\.\s?){4,}")
+_PAGE_ITEM = re.compile(r"^(?P<stem>.*_page_)(?P<number>\d+)(?P<ext>\.\w+)$")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercased unicode words, stopwords dropped, plurals folded to their singular."""
-    return [_stem(word) for word in _WORD.findall(text.lower()) if word not in STOPWORDS]
+    """Lowercased unicode words, stopwords dropped, Snowball English stems."""
+    words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
+    return list(_STEMMER.stemWords(words))
 
 
-def _stem(word: str) -> str:
-    """Light, predictable stemming: only the common plural endings."""
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith("sses"):
-        return word[:-2]
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+@dataclass(frozen=True)
+class PageText:
+    """What the text side knows about a page: its text and the headings on it."""
+
+    text: str
+    headings: str = ""
+
+
+def is_list_page(text: str) -> bool:
+    """A table of contents, index or list of figures: most lines end in page numbers."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) < 8:
+        return False
+    numbered = sum(1 for ln in lines if _LIST_LINE.search(ln) and not ln.isdigit())
+    leaders = len(_DOTTED_LEADER.findall(text))
+    return leaders >= 8 or numbered >= max(8, 0.45 * len(lines))
+
+
+def previous_page_item(item: str) -> str | None:
+    """The item of the page before, from `{stem}_page_NNN.jpg` names (None for page 1)."""
+    match = _PAGE_ITEM.match(item)
+    if match is None:
+        return None
+    number = int(match["number"])
+    if number <= 1:
+        return None
+    width = len(match["number"])
+    return f"{match['stem']}{number - 1:0{width}d}{match['ext']}"
+
+
+class _Field:
+    """One BM25 field (body, headings, lead-in) over the same pages, via bm25s."""
+
+    def __init__(self, docs: list[list[str]], k1: float, b: float) -> None:
+        self.empty = not any(docs)
+        self._bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
+        if not self.empty:
+            # bm25s needs one token per document; an empty page gets a token no query has
+            self._bm25.index([d or ["\x00"] for d in docs], show_progress=False)
+
+    def scores(self, terms: list[str]) -> np.ndarray | None:
+        if self.empty:
+            return None
+        known = [t for t in terms if t in self._bm25.vocab_dict]
+        if not known:
+            return None
+        return np.asarray(self._bm25.get_scores(known), dtype=np.float64)
 
 
 class BM25Index:
-    """Okapi BM25 over page texts keyed by page item; pages without text never match."""
+    """Page texts keyed by page item, scored by fielded BM25 with the adjustments above.
 
-    def __init__(self, pages: Mapping[str, str], *, k1: float = K1, b: float = B) -> None:
-        self._k1 = k1
-        self._b = b
-        self._postings: dict[str, list[tuple[str, int]]] = {}
-        self._lengths: dict[str, int] = {}
-        for item, text in pages.items():
-            counts = Counter(tokenize(text or ""))
-            self._lengths[item] = sum(counts.values())
-            for term, count in counts.items():
-                self._postings.setdefault(term, []).append((item, count))
-        texted = [n for n in self._lengths.values() if n > 0]
-        # Average over pages that have text, so scanned pages do not shorten the norm.
-        self._avg_length = sum(texted) / len(texted) if texted else 0.0
-        self._idf = {term: self._idf_of(len(posts)) for term, posts in self._postings.items()}
+    `pages` maps an item to its text, or to a `PageText` with headings. Pages without text
+    never match.
+    """
+
+    def __init__(
+        self, pages: Mapping[str, str | PageText], *, k1: float = K1, b: float = B
+    ) -> None:
+        self._items = list(pages)
+        page_texts = [_page_text(pages[i]) for i in self._items]
+        bodies = [tokenize(p.text or "") for p in page_texts]
+        # Word positions for the proximity bonus, kept compact: term ids, not strings.
+        self._term_ids: dict[str, int] = {}
+        self._tokens = [
+            np.array([self._term_ids.setdefault(t, len(self._term_ids)) for t in b], np.int32)
+            for b in bodies
+        ]
+        self._lengths = np.array([len(t) for t in bodies], dtype=np.float64)
+        position = {item: at for at, item in enumerate(self._items)}
+        lead_ins: list[list[str]] = []
+        for item in self._items:
+            before = previous_page_item(item)
+            at = position.get(before) if before is not None else None
+            lead_ins.append(bodies[at][-LEAD_IN_WORDS:] if at is not None else [])
+        self._body = _Field(bodies, k1, b)
+        self._headings = _Field([tokenize(p.headings) for p in page_texts], k1, b)
+        self._lead_in = _Field(lead_ins, k1, b)
+        self._list_page = np.array([is_list_page(p.text or "") for p in page_texts], dtype=bool)
+        self._has_text = self._lengths > 0
+        doc_freq: dict[str, int] = {}
+        for tokens in bodies:
+            for term in set(tokens):
+                doc_freq[term] = doc_freq.get(term, 0) + 1
+        self._doc_freq = doc_freq
 
     def __len__(self) -> int:
-        return len(self._lengths)
+        return len(self._items)
+
+    def list_pages(self) -> set[str]:
+        """Items recognised as table-of-contents, index or list pages."""
+        return {item for item, flag in zip(self._items, self._list_page, strict=True) if flag}
 
     def _idf_of(self, doc_freq: int) -> float:
         # The "+1" form (Lucene's) keeps idf positive for terms on most pages.
-        n = len(self._lengths)
+        n = len(self._items)
         return math.log(1.0 + (n - doc_freq + 0.5) / (doc_freq + 0.5))
 
     def scores(self, query: str) -> dict[str, float]:
-        """BM25 score of every page matching at least one query term (others are absent)."""
-        totals: dict[str, float] = {}
-        for term in dict.fromkeys(tokenize(query)):
-            idf = self._idf.get(term)
-            if idf is None:
-                continue
-            for item, tf in self._postings[term]:
-                norm = 1.0 - self._b + self._b * self._lengths[item] / self._avg_length
-                gain = idf * tf * (self._k1 + 1.0) / (tf + self._k1 * norm)
-                totals[item] = totals.get(item, 0.0) + gain
-        return totals
+        """Text score of every page matching at least one query term (others are absent)."""
+        terms = list(dict.fromkeys(tokenize(query)))
+        body = self._body.scores(terms)
+        if body is None or not self._items:
+            return {}
+        total = body.copy()
+        for field, weight in ((self._headings, HEADING_WEIGHT), (self._lead_in, LEAD_IN_WEIGHT)):
+            extra = field.scores(terms)
+            if extra is not None:
+                total += weight * extra
+        total[~self._has_text] = 0.0
+        matched = (total > 0) & self._has_text
+        if len(terms) > 1:
+            total += self._proximity(terms, body, matched)
+        total[self._list_page] *= LIST_PAGE_FACTOR
+        return {self._items[at]: float(total[at]) for at in np.flatnonzero(matched)}
+
+    def _proximity(self, terms: list[str], body: np.ndarray, matched: np.ndarray) -> np.ndarray:
+        """Up to PROXIMITY_WEIGHT * reference for pages where query words sit together."""
+        bonus = np.zeros_like(body)
+        candidates = np.flatnonzero(matched)
+        if len(candidates) > _PROXIMITY_CANDIDATES:
+            candidates = candidates[np.argsort(-body[candidates])[:_PROXIMITY_CANDIDATES]]
+        idf = {t: self._idf_of(self._doc_freq.get(t, 0)) for t in terms}
+        reference = sum(idf.values())
+        by_id = {self._term_ids[t]: w for t, w in idf.items() if t in self._term_ids}
+        ids = np.fromiter(by_id, dtype=np.int32, count=len(by_id))
+        for at in candidates:
+            tokens = self._tokens[at]
+            positions = np.flatnonzero(np.isin(tokens, ids))
+            hits = [(int(pos), int(tokens[pos])) for pos in positions]
+            bonus[at] = PROXIMITY_WEIGHT * reference * _closeness(hits, by_id, reference)
+        return bonus
 
     def reference_score(self, query: str) -> float:
         """BM25 of an average-length page holding each query word once: the sum of idfs."""
-        unseen = self._idf_of(0)
-        return sum(self._idf.get(term, unseen) for term in dict.fromkeys(tokenize(query)))
+        return sum(
+            self._idf_of(self._doc_freq.get(term, 0)) for term in dict.fromkeys(tokenize(query))
+        )
 
     def relevance(self, query: str) -> dict[str, float]:
-        """BM25 scores over `reference_score`, capped at 1: how much of the query a page matches."""
+        """Text scores over `reference_score`, capped at 1: how much of the query a page matches."""
+        return self.relevance_of(query, self.scores(query))
+
+    def relevance_of(self, query: str, scores: Mapping[str, float]) -> dict[str, float]:
+        """`relevance` from scores already computed by `scores(query)`."""
         reference = self.reference_score(query)
         if reference <= 0:
             return {}
-        return {item: min(1.0, s / reference) for item, s in self.scores(query).items()}
+        return {item: min(1.0, s / reference) for item, s in scores.items()}
+
+
+def rank_pages(
+    clip_scores: Mapping[str, float], index: BM25Index, query: str, *, mode: str, k: int
+) -> list[FusedHit]:
+    """The `k` best pages for `query`: `fused`, or one side alone (`text` / `image`).
+
+    Pages the text index knows but CLIP does not (not embedded yet) are left out.
+    """
+    raw = {i: s for i, s in index.scores(query).items() if i in clip_scores}
+    text = index.relevance_of(query, raw)
+    weight = {"text": 1.0, "image": 0.0}.get(mode, TEXT_WEIGHT)
+    return fuse(clip_scores, text, k=k, text_weight=weight, tiebreak=raw)
+
+
+def _page_text(page: str | PageText) -> PageText:
+    return page if isinstance(page, PageText) else PageText(page or "")
+
+
+def _closeness(hits: list[tuple[int, int]], idf: Mapping[int, float], total: float) -> float:
+    """The idf share (of `total`) of the query found in the best window of PROXIMITY_WINDOW
+    words; `hits` are the (position, term id) of the page's query words, in order.
+
+    Only windows holding at least two different query words count; 0 when none does.
+    """
+    if len(hits) < 2 or total <= 0:
+        return 0.0
+    best = 0.0
+    start = 0
+    counts: dict[int, int] = {}
+    for pos, tok in hits:
+        counts[tok] = counts.get(tok, 0) + 1
+        while pos - hits[start][0] >= PROXIMITY_WINDOW:
+            old = hits[start][1]
+            counts[old] -= 1
+            if counts[old] == 0:
+                del counts[old]
+            start += 1
+        if len(counts) >= 2:
+            best = max(best, sum(idf[t] for t in counts) / total)
+    return best
+
+
+def page_index(texts: Mapping[str, str], metas: Iterable[Mapping[str, Any] | None]) -> BM25Index:
+    """The index over stored page texts and their metadata (`headings` when recorded)."""
+    pages = {
+        item: PageText(text, str((meta or {}).get("headings") or ""))
+        for item, meta in zip(texts, metas, strict=True)
+        for text in (texts[item],)
+    }
+    return BM25Index(pages)
 
 
 @dataclass(frozen=True)
@@ -127,11 +300,14 @@ def fuse(
     *,
     k: int,
     text_weight: float = TEXT_WEIGHT,
+    tiebreak: Mapping[str, float] | None = None,
 ) -> list[FusedHit]:
     """The `k` best pages by weighted CLIP + text fusion.
 
     `clip_scores` are raw cosine similarities (min-max normalised here); `text_scores` are
     relevances in [0, 1] from `BM25Index.relevance` (clamped, absent means no match).
+    Equal fused scores (pages whose relevance reached the cap, in text mode) are ordered by
+    `tiebreak` (the uncapped text scores), then by CLIP similarity.
     """
     clip_norm = _min_max(clip_scores)
     fused = {
@@ -139,7 +315,7 @@ def fuse(
         + text_weight * min(max(text_scores.get(item, 0.0), 0.0), 1.0)
         for item in clip_scores.keys() | text_scores.keys()
     }
-    return _top(fused, clip_scores, text_scores, k)
+    return _top(fused, clip_scores, text_scores, tiebreak or text_scores, k)
 
 
 def _min_max(scores: Mapping[str, float]) -> dict[str, float]:
@@ -154,10 +330,19 @@ def _top(
     fused: Mapping[str, float],
     clip_scores: Mapping[str, float],
     text_scores: Mapping[str, float],
+    tiebreak: Mapping[str, float],
     k: int,
 ) -> list[FusedHit]:
-    # Ties (equal fused score) go to the higher CLIP similarity, then the item name.
-    order = sorted(fused, key=lambda item: (-fused[item], -clip_scores.get(item, -math.inf), item))
+    # Ties (equal fused score) go to the higher text score, then CLIP similarity, then name.
+    order = sorted(
+        fused,
+        key=lambda item: (
+            -fused[item],
+            -tiebreak.get(item, 0.0),
+            -clip_scores.get(item, -math.inf),
+            item,
+        ),
+    )
     return [
         FusedHit(
             item=item,

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from lumen.answerer import Answerer
+from lumen.answerer import MAX_ANSWER_PAGES, Answerer, PageInput
 from lumen.errors import BadRequest, LimitExceeded
 from lumen.metrics import Metrics
 from lumen.paths import resolve_item
@@ -80,14 +80,19 @@ class PageResult:
     page: int | None
     text_score: float | None
     score: float | None
+    text_source: str | None = None
 
 
 @dataclass
 class PdfAnswer:
+    """`pages` are the first `top_k` in rank order; `top` is the page the answer came from:
+    the one Gemini named among the best MAX_ANSWER_PAGES, else rank 1."""
+
     query: str
     pages: list[PageResult] = field(default_factory=list)
     answer: str | None = None
     reason: str | None = None
+    top: PageResult | None = None
 
 
 def parse_top_k(raw: str | None, default: int, maximum: int) -> int:
@@ -187,7 +192,8 @@ class SearchService:
         """The best pages for a question, and Gemini's answer from the first one."""
         started = time.perf_counter()
         query = (await self.encoder.embed_text(text)).astype("<f4").tobytes()
-        hits = await self.index_for(user).search_pdf(user, query, text, k, str(mode))
+        wanted = max(k, MAX_ANSWER_PAGES)  # the answerer chooses among the best 3
+        hits = await self.index_for(user).search_pdf(user, query, text, wanted, str(mode))
         if not hits:
             return PdfAnswer(text)
         metas = await self.run_io(self.pages.meta, user, [h.item for h in hits])
@@ -199,12 +205,18 @@ class SearchService:
                 (m or {}).get("page"),
                 h.text_score,
                 h.fused,
+                (m or {}).get("text_source", "text"),
             )  # fmt: skip
             for h, m in zip(hits, metas, strict=True)
         ]
         self.metrics.search_seconds("/search/pdf", time.perf_counter() - started)
-        top = hits[0].item
-        page_text = await self.run_io(self.pages.pdf_text, user, top)
-        image = await self.run_io(resolve_item(self.data_dir, user, top).read_bytes)
-        answer = await self.run_answer(self.answerer.answer, text, image, "image/jpeg", page_text)
-        return PdfAnswer(text, pages, answer.text, answer.reason)
+        best = pages[:MAX_ANSWER_PAGES]
+        inputs = [await self.run_io(self._page_input, user, p) for p in best]
+        answer = await self.run_answer(self.answerer.answer_pages, text, inputs)
+        chosen = answer.page - 1 if answer.page and answer.page <= len(best) else 0
+        return PdfAnswer(text, pages[:k], answer.text, answer.reason, best[chosen])
+
+    def _page_input(self, user: str, page: PageResult) -> PageInput:
+        image = resolve_item(self.data_dir, user, page.item).read_bytes()
+        label = f"{page.doc or 'document'}, page {page.page}" if page.page else (page.doc or "")
+        return PageInput(image, "image/jpeg", self.pages.pdf_text(user, page.item), label)

@@ -25,7 +25,7 @@ from lumen.config import IndexSettings, Settings
 from lumen.errors import ModelMismatch
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.metrics import ShardMetrics
-from lumen.pdfsearch import BM25Index, fuse
+from lumen.pdfsearch import BM25Index, page_index, rank_pages
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotRejected, SnapshotStore, Version, read_version, vectors_of
 from lumen.storage import Stores
@@ -427,15 +427,11 @@ class SpaceRegistry:
         items = self.stores.vectors.items_for(user, [h.id for h in clip_hits])
         clip_scores = {it: h.score for it, h in zip(items, clip_hits, strict=True) if it}
         if space.bm25 is None:
-            pages = self.stores.queue.pdf_texts(user)
-            space.bm25 = BM25Index(pages)
-            space.bm25_bytes = bm25_bytes(pages)
+            texts = self.stores.queue.pdf_texts(user)
+            space.bm25 = page_index(texts, self.stores.queue.meta(user, list(texts)))
+            space.bm25_bytes = bm25_bytes(texts)
             self._enforce_budget(keep=user)
-        text = {i: r for i, r in space.bm25.relevance(query).items() if i in clip_scores}
-        if mode == "fused":
-            fused = fuse(clip_scores, text, k=k)
-        else:  # one side alone (evaluation): ties are broken by the other side
-            fused = fuse(clip_scores, text, k=k, text_weight=1.0 if mode == "text" else 0.0)
+        fused = rank_pages(clip_scores, space.bm25, query, mode=mode, k=k)
         return [
             SearchHit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score)
             for h in fused

@@ -39,7 +39,7 @@ from typing import BinaryIO, Protocol
 from lumen.config import Settings
 from lumen.errors import InsufficientStorage, InvalidUpload, LumenError, QuotaExceeded
 from lumen.ingest.archive import ExtractedImage, ZipExtraction
-from lumen.ingest.pdf import RenderedPage, render_pdf, sniff_pdf
+from lumen.ingest.pdf import RenderedPage, ocr_note, render_pdf, sniff_pdf
 from lumen.paths import relative_item, resolve_item, user_root
 from lumen.quota import (
     Allowance,
@@ -182,7 +182,13 @@ class UploadService:
             NewItem(
                 item=relative_item(self.settings.data_dir, user, page.path),
                 sha256=page.sha256,
-                meta={"kind": "pdf_page", "doc": doc, "page": page.page_number},
+                meta={
+                    "kind": "pdf_page",
+                    "doc": doc,
+                    "page": page.page_number,
+                    "text_source": page.text_source,
+                    "headings": page.headings,
+                },
                 text=page.text[:cap],
                 size=page.path.stat().st_size,
             )
@@ -191,7 +197,7 @@ class UploadService:
         outcome = self._enqueue(user, items)
         _tell(on_chunk, outcome.queued)
         outcome.skipped = skipped
-        note = self._stop_note(stopped_by, len(skipped))
+        note = self._stop_note(stopped_by, len(skipped)) + ocr_note(kept)
         outcome.message = f"Processed {len(kept)} pages from PDF.{note}"
         return outcome
 

@@ -13,6 +13,7 @@ from lumen.admission import Work
 from lumen.errors import BadRequest, LimitExceeded, NotFound
 from lumen.ingest.images import to_browser_bytes
 from lumen.paths import resolve_item
+from lumen.search import PageResult as PdfPage
 from lumen.search import Spans, clean_query, parse_mode, parse_top_k
 
 router = APIRouter(tags=["search"], responses=AUTH_ERRORS)
@@ -90,8 +91,9 @@ async def search_pdf(
             query=text, top_result=None, gemini_answer=None, message=NO_PAGES, results=[]
         )
     ttl = svc.settings.auth.image_link_ttl_s
-    results = [
-        PageResult(
+
+    def result(p: PdfPage) -> PageResult:
+        return PageResult(
             filename=p.item,
             similarity=p.similarity,
             image_url=svc.links.sign(user, p.item, ttl),
@@ -99,12 +101,15 @@ async def search_pdf(
             page=p.page,
             text_score=p.text_score,
             score=p.score,
-        )  # fmt: skip
-        for p in found.pages
-    ]
+            text_source=p.text_source,
+        )
+
+    results = [result(p) for p in found.pages]
+    # the page the answer came from (Gemini names one of the best 3), else rank 1
+    top = result(found.top) if found.top is not None else None
     return PdfSearchResponse(
         query=text,
-        top_result=results[0],
+        top_result=top or results[0],
         gemini_answer=found.answer,
         gemini_reason=found.reason,
         results=results,

@@ -13,6 +13,14 @@ never `LUMEN_*`, `REDIS_URL` or API keys) and, before it touches the PDF, caps i
 address space and CPU time (`apply_limits`: `pdf_max_memory_bytes`, `pdf_cpu_s`). The limits
 are set by the child itself rather than through `preexec_fn`, which is unsafe in a process
 with threads (the ingress renders on a thread pool).
+
+The child also reads what the ranking needs from each page (issue 16, docs/retrieval.md):
+its text layer, its headings (lines set larger or bolder than the document's body text,
+from PyMuPDF span sizes and flags) and, for a page without a text layer, the text
+Tesseract reads on the rendered bitmap (`ocr_page`). All OCR of one PDF shares
+`pdf_ocr_timeout_s`; pages past it, and pages where Tesseract fails or is missing, keep an
+empty text and a `note`; OCR never fails a page or the document. `text_source` says where
+a page's text came from: "text" (the PDF's text layer), "ocr", or "none".
 """
 
 from __future__ import annotations
@@ -24,14 +32,17 @@ import io
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +60,62 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 CHILD_ENV_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
 CHILD_ENV_PREFIXES = ("LC_",)
 _CPU_GRACE_S = 5  # between SIGXCPU (soft limit) and SIGKILL (hard limit)
+# A page whose text layer holds fewer word characters than this is OCRed (scans often
+# carry a stray page number or a scanner's stamp as text).
+OCR_MIN_WORD_CHARS = 20
+HEADING_SIZE_RATIO = 1.15  # a line this much larger than the body text is a heading
+MAX_HEADING_CHARS = 400
+MAX_HEADING_WORDS = 14  # a bold line longer than this is emphasis, not a heading
+_BOLD_FLAG = 16  # PyMuPDF span flag
+_OCR_LANG = re.compile(r"^[A-Za-z_]+(?:\+[A-Za-z_]+)*$")
+
+TEXT_SOURCES = ("text", "ocr", "none")
+OCR_TIMEOUT_NOTE = "ocr_timeout"
+OCR_FAILED_NOTE = "ocr_failed"
+OCR_UNAVAILABLE_NOTE = "ocr_unavailable"
 
 
 @dataclass(frozen=True)
 class RenderedPage:
-    """One rendered page: its JPEG on disk, 1-based number, extracted text and hash."""
+    """One rendered page: its JPEG on disk, 1-based number, extracted text and hash.
+
+    `text_source` is where `text` came from ("text", "ocr" or "none"); `headings` is the
+    page's heading lines; `note` is set when OCR was skipped or failed for the page.
+    """
 
     path: Path
     page_number: int
     text: str
     sha256: str
+    text_source: str = "text"
+    headings: str = ""
+    note: str = ""
+
+
+_NOTE_WORDS = {
+    OCR_TIMEOUT_NOTE: "OCR ran out of time",
+    OCR_FAILED_NOTE: "OCR failed",
+    OCR_UNAVAILABLE_NOTE: "OCR is not installed",
+}
+
+
+def ocr_note(pages: list[RenderedPage]) -> str:
+    """A sentence for the upload's message naming pages OCR could not read (or "")."""
+    by_note: dict[str, list[int]] = {}
+    for page in pages:
+        if page.note in _NOTE_WORDS:
+            by_note.setdefault(page.note, []).append(page.page_number)
+    parts = [
+        f" {_NOTE_WORDS[note]} on {len(numbers)} page{'s' if len(numbers) != 1 else ''}"
+        f" ({_page_list(numbers)}); they are queued without text."
+        for note, numbers in by_note.items()
+    ]
+    return "".join(parts)
+
+
+def _page_list(numbers: list[int], shown: int = 10) -> str:
+    text = ", ".join(str(n) for n in numbers[:shown])
+    return text + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
 def sniff_pdf(head: bytes) -> bool:
@@ -97,7 +154,7 @@ def _publish(pages: list[RenderedPage], out_dir: Path, stem: str) -> list[Render
                 final = out_dir / f"{candidate}_{page.path.name}"
                 os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
                 os.replace(page.path, final)
-                published.append(RenderedPage(final, page.page_number, page.text, page.sha256))
+                published.append(replace(page, path=final))
         except FileExistsError:  # lost a race for this stem: put pages back, try the next
             for done, staged in zip(published, pages, strict=False):
                 os.replace(done.path, staged.path)
@@ -114,6 +171,9 @@ def _run_worker(pdf_path: Path, staging: Path, limits: LimitSettings) -> list[Re
         "max_pages": limits.max_pdf_pages,
         "max_memory_bytes": limits.pdf_max_memory_bytes,
         "cpu_s": limits.pdf_cpu_s,
+        "ocr": limits.pdf_ocr,
+        "ocr_timeout_s": limits.pdf_ocr_timeout_s,
+        "ocr_lang": limits.pdf_ocr_lang,
     }
     try:
         proc = subprocess.run(
@@ -187,10 +247,7 @@ def _parse_result(
         raise LimitExceeded(result["message"], result["limit"])
     if result["error"]:
         raise InvalidUpload(result["message"])
-    return [
-        RenderedPage(Path(p["path"]), p["page_number"], p["text"], p["sha256"])
-        for p in result["pages"]
-    ]
+    return [RenderedPage(**(p | {"path": Path(p["path"])})) for p in result["pages"]]
 
 
 # ---- everything below runs inside the worker process ----
@@ -203,10 +260,25 @@ def _import_pymupdf() -> Any:
         return importlib.import_module("fitz")
 
 
+@dataclass(frozen=True)
+class OcrJob:
+    """OCR settings for one document: on/off, the shared time budget, Tesseract's language."""
+
+    enabled: bool = False
+    timeout_s: float = 60.0
+    lang: str = "eng"
+
+
 def render_in_process(
-    pdf: Path, out_dir: Path, dpi: int, max_pixels: int, max_pages: int
+    pdf: Path,
+    out_dir: Path,
+    dpi: int,
+    max_pixels: int,
+    max_pages: int,
+    ocr: OcrJob | None = None,
 ) -> list[RenderedPage]:
     """Render in this process (the worker's body); callers want `render_pdf`."""
+    ocr = ocr or OcrJob()
     pymupdf = _import_pymupdf()
     try:
         doc = pymupdf.open(pdf, filetype="pdf")
@@ -223,10 +295,88 @@ def render_in_process(
                 f"the PDF has {count} pages; the limit is {max_pages}", "max_pdf_pages"
             )
         width = max(3, len(str(count)))
+        pages: list[RenderedPage] = []
+        lines: list[list[tuple[float, bool, str]]] = []
+        deadline = time.monotonic() + ocr.timeout_s
+        for i in range(count):
+            path = out_dir / f"page_{i + 1:0{width}d}.jpg"
+            page, page_lines = _render_page(pymupdf, doc[i], path, dpi, max_pixels, ocr, deadline)
+            pages.append(page)
+            lines.append(page_lines)
+        body = body_text_size(lines)
         return [
-            _render_page(pymupdf, doc[i], out_dir / f"page_{i + 1:0{width}d}.jpg", dpi, max_pixels)
-            for i in range(count)
+            replace(page, headings=heading_text(page_lines, body))
+            for page, page_lines in zip(pages, lines, strict=True)
         ]
+
+
+def body_text_size(pages: list[list[tuple[float, bool, str]]]) -> float:
+    """The document's body text size: the size that sets the most characters."""
+    chars: Counter[float] = Counter()
+    for lines in pages:
+        for size, _, text in lines:
+            chars[round(size * 2) / 2] += len(text)
+    return chars.most_common(1)[0][0] if chars else 0.0
+
+
+def heading_text(lines: list[tuple[float, bool, str]], body_size: float) -> str:
+    """The page's heading lines: larger than the body text, or short and all bold."""
+    if body_size <= 0:
+        return ""
+    heads = [
+        text
+        for size, bold, text in lines
+        if any(ch.isalpha() for ch in text)
+        and (
+            size >= body_size * HEADING_SIZE_RATIO
+            or (bold and len(text.split()) <= MAX_HEADING_WORDS)
+        )
+    ]
+    return "\n".join(heads)[:MAX_HEADING_CHARS]
+
+
+def _line_styles(page: Any) -> list[tuple[float, bool, str]]:
+    """(largest span size, all spans bold, text) of each text line on the page."""
+    out: list[tuple[float, bool, str]] = []
+    for block in page.get_text("dict").get("blocks", []):
+        for line in block.get("lines", []):
+            spans = [sp for sp in line.get("spans", []) if sp.get("text", "").strip()]
+            if not spans:
+                continue
+            text = " ".join(sp["text"].strip() for sp in spans)
+            size = max(float(sp.get("size", 0.0)) for sp in spans)
+            bold = all(int(sp.get("flags", 0)) & _BOLD_FLAG for sp in spans)
+            out.append((size, bold, text))
+    return out
+
+
+def needs_ocr(text: str) -> bool:
+    """True when the text layer is (nearly) empty: a scanned or image-only page."""
+    return sum(ch.isalnum() for ch in text) < OCR_MIN_WORD_CHARS
+
+
+def ocr_page(image: Any, lang: str, timeout_s: float) -> tuple[str, str]:
+    """(text, note) read by Tesseract from a page bitmap; never raises.
+
+    `note` is "" on success, else OCR_TIMEOUT_NOTE, OCR_UNAVAILABLE_NOTE or OCR_FAILED_NOTE.
+    """
+    if timeout_s <= 0:
+        return "", OCR_TIMEOUT_NOTE
+    if not _OCR_LANG.match(lang):
+        return "", OCR_FAILED_NOTE
+    try:
+        import pytesseract
+
+        text = pytesseract.image_to_string(image, lang=lang, timeout=timeout_s)
+    except ImportError:
+        return "", OCR_UNAVAILABLE_NOTE
+    except Exception as exc:  # noqa: BLE001 (OCR never fails a page)
+        if type(exc).__name__ == "TesseractNotFoundError":
+            return "", OCR_UNAVAILABLE_NOTE
+        if "timeout" in str(exc).lower():
+            return "", OCR_TIMEOUT_NOTE
+        return "", OCR_FAILED_NOTE
+    return str(text).strip(), ""
 
 
 def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:
@@ -238,7 +388,15 @@ def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> f
     return min(zoom, MAX_JPEG_SIDE / max(width_pt, 1.0), MAX_JPEG_SIDE / max(height_pt, 1.0))
 
 
-def _render_page(pymupdf: Any, page: Any, path: Path, dpi: int, max_pixels: int) -> RenderedPage:
+def _render_page(
+    pymupdf: Any,
+    page: Any,
+    path: Path,
+    dpi: int,
+    max_pixels: int,
+    ocr: OcrJob,
+    ocr_deadline: float,
+) -> tuple[RenderedPage, list[tuple[float, bool, str]]]:
     from PIL import Image
 
     number = page.number + 1
@@ -247,6 +405,7 @@ def _render_page(pymupdf: Any, page: Any, path: Path, dpi: int, max_pixels: int)
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
         img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         text = page.get_text()
+        lines = _line_styles(page)
     except MemoryError:
         raise  # the address-space limit: reported as a limit, not as a damaged page
     except Exception as exc:
@@ -256,12 +415,20 @@ def _render_page(pymupdf: Any, page: Any, path: Path, dpi: int, max_pixels: int)
     data = buffer.getvalue()
     with path.open("xb") as out:
         out.write(data)
-    return RenderedPage(path, number, text, hashlib.sha256(data).hexdigest())
+    source, note = ("text" if text.strip() else "none"), ""
+    if ocr.enabled and needs_ocr(text):
+        read, note = ocr_page(img, ocr.lang, ocr_deadline - time.monotonic())
+        if read:
+            text, source, lines = read, "ocr", []
+    page_out = RenderedPage(path, number, text, hashlib.sha256(data).hexdigest(), source)
+    return replace(page_out, note=note), lines
 
 
 def _worker_main(job_json: str) -> dict[str, Any]:
     job = json.loads(job_json)
     apply_limits(int(job.get("max_memory_bytes", 0)), float(job.get("cpu_s", 0)))
+    # Tesseract runs as this child's own child: one thread, so OCR cannot crowd the box.
+    os.environ["OMP_THREAD_LIMIT"] = "1"
     try:
         pages = render_in_process(
             Path(job["pdf"]),
@@ -269,6 +436,11 @@ def _worker_main(job_json: str) -> dict[str, Any]:
             job["dpi"],
             job["max_pixels"],
             job["max_pages"],
+            OcrJob(
+                bool(job.get("ocr", False)),
+                float(job.get("ocr_timeout_s", 0)),
+                str(job.get("ocr_lang", "eng")),
+            ),
         )
     except LimitExceeded as exc:
         return {"error": "limit", "message": exc.message, "limit": exc.limit}

@@ -137,12 +137,34 @@ def test_the_response_has_the_spec_shape_and_gemini_sees_the_page_and_question(
     assert body["gemini_answer"] == "Twenty four months."
     [request] = gemini.requests[seen:]
     assert "How long is the warranty" in request.prompt_text
-    [(mime, image)] = request.inline_images
+    images = request.inline_images  # the best 3 pages, best first
     with service.client() as c:
         page_bytes = c.get(top["image_url"]).content  # the signed link alone opens it
-    assert mime == "image/jpeg" and image == page_bytes
+    assert len(images) == 3 and images[0] == ("image/jpeg", page_bytes)
     assert request.api_key == service.settings.gemini.api_key
     _ = base64  # the fake decodes the SDK's url-safe base64 for us
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected_rank"),
+    [
+        ("Vinegar and water.\nPAGE: 2", 2),  # Gemini used the second-ranked page
+        ("Vinegar and water.", 1),  # names no page: rank 1
+        ("Vinegar and water.\nPAGE: 9", 1),  # names a page that was not sent: rank 1
+    ],
+)
+def test_the_page_gemini_names_is_the_top_result(
+    service: Service, gemini: FakeGemini, pdf_user: PdfUser, reply: str, expected_rank: int
+) -> None:
+    _, h, _ = pdf_user
+    try:
+        gemini.respond_with(reply)
+        body = _ask(service, h, "How do I descale it with vinegar?", top_k="3").json()
+        assert body["gemini_answer"] == "Vinegar and water."
+        ranked = [r["filename"] for r in body["results"]]
+        assert body["top_result"]["filename"] == ranked[expected_rank - 1]
+    finally:
+        gemini.respond_with("The answer, from the fake Gemini.")
 
 
 def test_a_gemini_error_or_timeout_still_returns_the_page(

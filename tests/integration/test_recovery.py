@@ -12,7 +12,7 @@ from tests.support.http import search, upload_zip, wait_settled
 
 def _failed_upload(service: Service, h: dict[str, str], user: str, names: list[str]) -> list[str]:
     """Upload images that pass the header check and fail to decode; their items, errored."""
-    members = {n: corrupt_jpeg()[:-i - 1] for i, n in enumerate(names)}  # distinct bytes
+    members = {n: corrupt_jpeg()[: -i - 1] for i, n in enumerate(names)}  # distinct bytes
     r = upload_zip(service, h, make_zip(members))
     assert r.status_code == 200, r.text
     items = r.json()["queued"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lumen.answerer import NO_KEY_REASON, Answer, NoKeyAnswerer, make_answerer
+from lumen.answerer import NO_KEY_REASON, Answer, NoKeyAnswerer, PageInput, make_answerer
 from lumen.config import GeminiSettings
 from tests.support.fake_gemini import FakeGemini, fake_gemini
 
@@ -115,3 +115,60 @@ def test_without_a_key_no_request_is_made_and_the_reason_says_how_to_fix_it(
     assert answer == Answer(text=None, reason=NO_KEY_REASON)
     assert "LUMEN_GEMINI__API_KEY" in NO_KEY_REASON
     assert gemini.requests == []
+
+
+# --- issue 16 part 5: Gemini answers from the best 3 pages and names the page it used ---
+
+PAGES = [
+    PageInput(b"image-one", "image/jpeg", "Notice period: thirty days.", "contract, page 4"),
+    PageInput(b"image-two", "image/jpeg", None, "contract, page 5"),
+    PageInput(b"image-three", "image/jpeg", "Signatures.", "contract, page 9"),
+]
+
+
+def test_the_best_pages_go_to_gemini_with_their_labels_and_texts(gemini: FakeGemini) -> None:
+    gemini.respond_with("Thirty days.\nPAGE: 1")
+    make_answerer(_settings(gemini)).answer_pages(QUESTION, PAGES)
+
+    (request,) = gemini.requests
+    assert request.inline_images == [("image/jpeg", p.image) for p in PAGES]
+    prompt = request.prompt_text
+    assert "Page 1 (contract, page 4)" in prompt and "Page 3 (contract, page 9)" in prompt
+    assert "Notice period: thirty days." in prompt and QUESTION in prompt
+    assert "PAGE:" in prompt
+
+
+@pytest.mark.parametrize(
+    ("reply", "text", "page"),
+    [
+        ("The notice period is thirty days.\nPAGE: 2", "The notice period is thirty days.", 2),
+        ("Thirty days.\n**PAGE: 3**", "Thirty days.", 3),
+        ("Thirty days.\npage: Page 1.", "Thirty days.", 1),
+        ("Thirty days.", "Thirty days.", None),  # names no page
+        ("Thirty days.\nPAGE: none", "Thirty days.", None),
+        ("Thirty days.\nPAGE: 7", "Thirty days.", None),  # a page that was not sent
+        ("Thirty days.\nPAGE: 0", "Thirty days.", None),
+    ],
+)
+def test_the_named_page_is_read_and_its_line_taken_out(
+    gemini: FakeGemini, reply: str, text: str, page: int | None
+) -> None:
+    gemini.respond_with(reply)
+    answer = make_answerer(_settings(gemini)).answer_pages(QUESTION, PAGES)
+    assert (answer.text, answer.page, answer.reason) == (text, page, None)
+
+
+def test_a_reply_with_only_a_page_line_is_no_answer(gemini: FakeGemini) -> None:
+    gemini.respond_with("PAGE: 2")
+    answer = make_answerer(_settings(gemini)).answer_pages(QUESTION, PAGES)
+    assert answer.text is None and answer.page == 2 and answer.reason
+
+
+def test_an_error_on_the_pages_request_is_a_reason_not_an_exception(gemini: FakeGemini) -> None:
+    gemini.fail_with(503)
+    answer = make_answerer(_settings(gemini)).answer_pages(QUESTION, PAGES)
+    assert answer.text is None and answer.page is None and "503" in (answer.reason or "")
+
+
+def test_without_a_key_nobody_is_asked_about_pages() -> None:
+    assert NoKeyAnswerer().answer_pages(QUESTION, PAGES) == Answer(None, NO_KEY_REASON)

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from lumen.pdfsearch import BM25Index, fuse, tokenize
+from lumen.pdfsearch import (
+    BM25Index,
+    PageText,
+    fuse,
+    is_list_page,
+    previous_page_item,
+    rank_pages,
+    tokenize,
+)
 
 APACHE = Path(__file__).resolve().parents[1] / "data" / "Apache-2.0.txt"
 
@@ -57,10 +65,13 @@ def page(number: int) -> str:
     return f"page_{number:03d}.jpg"
 
 
-def test_tokenize_lowercases_drops_stopwords_and_folds_plurals() -> None:
-    assert tokenize("The Licenses of the Contributors") == ["license", "contributor"]
-    assert tokenize("Liabilities, classes; status") == ["liability", "class", "status"]
-    assert tokenize("Übersetzung der Lizenz 2.0") == ["übersetzung", "der", "lizenz", "2", "0"]
+def test_tokenize_lowercases_drops_stopwords_and_stems() -> None:
+    # Snowball English stems: a word and its inflections meet on one stem
+    assert tokenize("The Licenses of the Contributors") == tokenize("license contributor")
+    assert tokenize("Liabilities, classes; status") == tokenize("liability class status")
+    assert tokenize("running runs") == ["run", "run"]
+    assert tokenize("How do I use it?") == []
+    assert tokenize("Übersetzung der Lizenz 2.0")[-2:] == ["2", "0"]
 
 
 def test_bm25_ranks_the_page_with_a_rare_phrase_first() -> None:
@@ -197,3 +208,90 @@ def test_chosen_fusion_beats_rank_fusion_and_max_normalised_scores() -> None:
 
     assert chosen > overall(rank_rrf)
     assert chosen > overall(rank_max_normalised)
+
+
+# --- issue 16: list pages, headings, page continuity, proximity -----------------------
+
+TOC_PAGE = "\n".join(
+    [
+        "Table of Contents",
+        *[
+            f"{n}.{m} Section about topic {n}{m} . . . . . . . . . {n * 3 + m}"
+            for n in range(1, 4)
+            for m in range(1, 4)
+        ],
+        "2.4 Descaling the kettle with vinegar . . . . . . . . 12",
+    ]
+)
+INDEX_PAGE = "\n".join(
+    ["Index", *[f"entry_{c} {i}" for i, c in enumerate("abcdefghij", 3)], "vinegar, descaling 12"]
+)
+
+
+def test_tables_of_contents_and_indexes_are_list_pages_and_prose_is_not() -> None:
+    assert is_list_page(TOC_PAGE)
+    assert is_list_page(INDEX_PAGE)
+    prose = "\n".join(apache_pages()[page(4)].splitlines()[:30])
+    assert not is_list_page(prose)
+    assert not is_list_page("short\npage")
+
+
+def test_the_answer_page_beats_the_contents_and_index_pages_that_name_it() -> None:
+    pages = {
+        "doc_page_001.jpg": TOC_PAGE,
+        "doc_page_002.jpg": INDEX_PAGE,
+        "doc_page_012.jpg": "Descaling. Boil equal parts of vinegar and water, then rinse twice.",
+    }
+    index = BM25Index(pages)
+    scores = index.scores("descaling with vinegar")
+    assert max(scores, key=scores.__getitem__) == "doc_page_012.jpg"
+    assert index.list_pages() == {"doc_page_001.jpg", "doc_page_002.jpg"}
+
+
+def test_a_heading_weighs_more_than_the_same_words_in_body_text() -> None:
+    body = "The cord is stored under the base. Clean the filter monthly."
+    pages = {
+        "a_page_001.jpg": PageText(body + " filter", headings=""),
+        "a_page_002.jpg": PageText(body + " filter", headings="Cleaning the filter"),
+    }
+    scores = BM25Index(pages).scores("cleaning the filter")
+    assert scores["a_page_002.jpg"] > scores["a_page_001.jpg"]
+
+
+def test_an_answer_continuing_from_the_foot_of_the_page_before_is_found_on_the_next_page() -> None:
+    filler = "General remarks about the product and its many uses. " * 20
+    pages = {
+        "m_page_001.jpg": filler + "To reset the thermostat, proceed as follows:",
+        "m_page_002.jpg": "press and hold the button for ten seconds until the light blinks.",
+        "m_page_003.jpg": "Unrelated page about the warranty card.",
+    }
+    scores = BM25Index(pages).scores("how do I reset the thermostat")
+    assert scores.get("m_page_002.jpg", 0.0) > 0.0
+    assert "m_page_003.jpg" not in scores
+    assert previous_page_item("m_page_002.jpg") == "m_page_001.jpg"
+    assert previous_page_item("m_page_001.jpg") is None
+    assert previous_page_item("x_page_1000.jpg") == "x_page_0999.jpg"
+    assert previous_page_item("photo.jpg") is None
+
+
+def test_query_words_close_together_earn_a_bonus() -> None:
+    apart = "The power cord is long. " + "Other words fill the page here. " * 6 + "It has a switch."
+    together = "The power switch is on the cord. " + "Other words fill the page here. " * 6
+    pages = {"p_page_001.jpg": apart, "p_page_005.jpg": together}
+    scores = BM25Index(pages).scores("power switch")
+    assert scores["p_page_005.jpg"] > scores["p_page_001.jpg"]
+
+
+def test_pages_without_text_and_unknown_words_never_match() -> None:
+    index = BM25Index({"s_page_001.jpg": "", "s_page_002.jpg": PageText("", "Heading only")})
+    assert index.scores("heading") == {}
+    assert index.relevance("anything at all") == {}
+
+
+def test_text_mode_orders_pages_by_the_text_score_whatever_clip_says() -> None:
+    pages = {"t_page_001.jpg": "vinegar " * 3, "t_page_002.jpg": "vinegar " * 30}
+    index = BM25Index(pages)
+    clip = {"t_page_001.jpg": 0.9, "t_page_002.jpg": 0.1}  # CLIP prefers the other page
+    hits = rank_pages(clip, index, "vinegar", mode="text", k=2)
+    raw = index.scores("vinegar")
+    assert [h.item for h in hits] == sorted(raw, key=lambda i: -raw[i])

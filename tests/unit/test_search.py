@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lumen.answerer import Answer
+from lumen.answerer import Answer, PageInput
 from lumen.errors import BadRequest, LimitExceeded
 from lumen.search import (
     SearchHit,
@@ -55,12 +56,18 @@ class FakePages:
 
 
 class FakeAnswerer:
-    def __init__(self) -> None:
+    def __init__(self, page: int | None = None) -> None:
         self.asked: list[tuple[str, bytes, str | None]] = []
+        self.page = page  # the page number (1-based among those sent) the answer names
 
     def answer(self, question: str, page_image: bytes, mime: str, page_text: str | None) -> Answer:
         self.asked.append((question, page_image, page_text))
         return Answer("page one says so")
+
+    def answer_pages(self, question: str, pages: Sequence[PageInput]) -> Answer:
+        for page in pages:
+            self.asked.append((question, page.image, page.text))
+        return Answer("page one says so", page=self.page)
 
 
 def service(tmp_path: Path, index: FakeIndex, answerer: FakeAnswerer) -> SearchService:
@@ -95,21 +102,48 @@ def test_a_search_without_text_or_image_is_a_400(tmp_path: Path) -> None:
         asyncio.run(service(tmp_path, FakeIndex([]), FakeAnswerer()).images("alice", None, None, 1))
 
 
-def test_a_pdf_question_answers_from_the_best_page_and_lists_the_pages(tmp_path: Path) -> None:
-    page = tmp_path / "uploads" / "alice" / "pdfs" / "manual_page_001.jpg"
-    page.parent.mkdir(parents=True)
-    page.write_bytes(b"jpeg bytes")
-    hits = [
-        SearchHit("uploads/alice/pdfs/manual_page_001.jpg", 0.5, "", 3.0, 0.9),
-        SearchHit("uploads/alice/pdfs/manual_page_002.jpg", 0.4, "", 1.0, 0.2),
-    ]
+def _pdf_pages(tmp_path: Path, n: int) -> list[SearchHit]:
+    hits = []
+    for i in range(1, n + 1):
+        page = tmp_path / "uploads" / "alice" / "pdfs" / f"manual_page_00{i}.jpg"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_bytes(f"jpeg {i}".encode())
+        hits.append(SearchHit(f"uploads/alice/pdfs/manual_page_00{i}.jpg", 0.5, "", 4.0 - i, 1 / i))
+    return hits
+
+
+def test_a_pdf_question_answers_from_the_best_pages_and_lists_the_pages(tmp_path: Path) -> None:
+    hits = _pdf_pages(tmp_path, 2)
     answerer = FakeAnswerer()
     index = FakeIndex(hits)
     out = asyncio.run(service(tmp_path, index, answerer).pdf("alice", "reset?", 2, SearchMode.TEXT))
     assert out.answer == "page one says so" and out.reason is None
-    assert [(p.doc, p.page, p.score) for p in out.pages] == [("manual", 1, 0.9), ("manual", 2, 0.2)]
-    assert answerer.asked == [("reset?", b"jpeg bytes", f"text of {hits[0].item}")]
+    assert [(p.doc, p.page, p.score) for p in out.pages] == [("manual", 1, 1.0), ("manual", 2, 0.5)]
+    assert answerer.asked == [
+        ("reset?", b"jpeg 1", f"text of {hits[0].item}"),
+        ("reset?", b"jpeg 2", f"text of {hits[1].item}"),
+    ]
     assert index.asked[0][3] == "text"
+    assert out.top is out.pages[0]  # the answer named no page: rank 1
+
+
+def test_the_page_gemini_names_becomes_the_top_result_even_below_top_k(tmp_path: Path) -> None:
+    index = FakeIndex(_pdf_pages(tmp_path, 4))
+    answerer = FakeAnswerer(page=3)
+    out = asyncio.run(service(tmp_path, index, answerer).pdf("alice", "q", 1, SearchMode.FUSED))
+    assert index.asked[0][2] == 3  # the best 3 are fetched for the answerer, whatever top_k
+    assert [p.item for p in out.pages] == ["uploads/alice/pdfs/manual_page_001.jpg"]
+    assert out.top is not None and out.top.item == "uploads/alice/pdfs/manual_page_003.jpg"
+    assert [image for _, image, _ in answerer.asked] == [b"jpeg 1", b"jpeg 2", b"jpeg 3"]
+
+
+@pytest.mark.parametrize("named", [None, 0, 4, 9])
+def test_a_page_that_was_not_sent_falls_back_to_rank_one(tmp_path: Path, named: int | None) -> None:
+    index = FakeIndex(_pdf_pages(tmp_path, 3))
+    out = asyncio.run(
+        service(tmp_path, index, FakeAnswerer(page=named)).pdf("alice", "q", 3, SearchMode.FUSED)
+    )
+    assert out.top is out.pages[0]
 
 
 def test_a_pdf_question_without_pages_asks_nobody(tmp_path: Path) -> None:

@@ -101,7 +101,12 @@ class Clock:
 
 def stores(vecs: UsersVectors) -> Any:
     return SimpleNamespace(
-        vectors=vecs, queue=SimpleNamespace(pdf_items=lambda user: [], pdf_texts=lambda u: {})
+        vectors=vecs,
+        queue=SimpleNamespace(
+            pdf_items=lambda user: [],
+            pdf_texts=lambda u: {},
+            meta=lambda u, items: [None] * len(items),
+        ),
     )
 
 
@@ -326,7 +331,9 @@ def test_pdf_text_index_counts_toward_the_budget(budget: int) -> None:
     vecs.fill("b", seed=2)
     reg, _ = registry(vecs, budget=budget)
     reg.stores.queue = SimpleNamespace(
-        pdf_items=lambda user: [], pdf_texts=lambda user: {f"uploads/{user}/p.pdf#1": "w " * 99}
+        pdf_items=lambda user: [],
+        pdf_texts=lambda user: {f"uploads/{user}/p.pdf#1": "w " * 99},
+        meta=lambda user, items: [None] * len(items),
     )
     reg.load("a")
     reg.load("b")  # a evicted: one space fits at most
@@ -342,7 +349,9 @@ def test_pdf_pages_come_back_from_a_snapshot_with_the_same_answers(tmp_path: Pat
     pages = {f"uploads/a/{vid}.jpg": f"page {vid} words" for vid in (3, 7, 11)}
     reg, rec = registry(vecs, snapshots=tmp_path)
     reg.stores.queue = SimpleNamespace(
-        pdf_items=lambda user: list(pages), pdf_texts=lambda user: pages
+        pdf_items=lambda user: list(pages),
+        pdf_texts=lambda user: pages,
+        meta=lambda user, items: [None] * len(items),
     )
     query = vectors(1, 5)[0]
     before = reg.search_pdf("a", query, "words 7", 3)

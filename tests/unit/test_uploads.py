@@ -14,6 +14,7 @@ from lumen.errors import InsufficientStorage, LimitExceeded, QuotaExceeded
 from lumen.storage.queue import EnqueueResult, NewItem
 from lumen.uploads import UploadService
 from tests.support.hostile import make_jpeg, make_pdf, make_png, make_zip
+from tests.support.scanned import headed_pdf, scanned_pdf
 
 USER = "alice"
 PLENTY = 10**15
@@ -452,3 +453,32 @@ def test_a_pdf_tells_on_chunk_what_it_queued(tmp_path: Path) -> None:
     outcome = service.ingest_pdf(USER, _pdf(tmp_path, ["one", "two"]), "d.pdf", heard.append)
     assert heard == [outcome.queued]
     assert len(outcome.queued) == 2
+
+
+def test_a_pdf_whose_ocr_runs_out_of_time_still_queues_every_page_with_a_note(
+    tmp_path: Path,
+) -> None:
+    service, queue = _service(tmp_path)
+    service.settings.limits.pdf_ocr_timeout_s = 0.001
+    path = tmp_path / "scan.pdf"
+    path.write_bytes(scanned_pdf(["Warranty: twenty four months.", "Descaling with vinegar."]))
+
+    outcome = service.ingest_pdf(USER, path, "scan.pdf")
+
+    assert len(outcome.queued) == 2
+    assert "OCR ran out of time on 2 pages (1, 2); they are queued without text." in (
+        outcome.message
+    )
+    metas = [queue.items[USER][item].meta for item in outcome.queued]
+    assert [m["text_source"] for m in metas] == ["none", "none"]
+
+
+def test_pdf_pages_record_where_their_text_came_from_and_their_headings(tmp_path: Path) -> None:
+    service, queue = _service(tmp_path)
+    path = tmp_path / "h.pdf"
+    path.write_bytes(headed_pdf("Descaling the kettle", "Boil vinegar and water. " * 40))
+
+    (item,) = service.ingest_pdf(USER, path, "h.pdf").queued
+
+    meta = queue.items[USER][item].meta
+    assert (meta["text_source"], meta["headings"]) == ("text", "Descaling the kettle")
