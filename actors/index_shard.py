@@ -35,6 +35,10 @@ class IndexShard:
             EventKind.INDEX_REPAIRED, user=user, mirrored=mirrored, stored=stored
         )
 
+    def ping(self) -> bool:
+        """Readiness: the shard answers (after whatever call it is serving now)."""
+        return True
+
     def converge(self) -> int:
         """Check every loaded user's mirror against Redis (the supervisor calls this)."""
         return len(self.registry.converge_all())

@@ -17,7 +17,7 @@ from ray.exceptions import RayError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.deps import VERIFIED, Svc, services_of
-from deployments.routes import auth, monitor, queue, search, uploads
+from deployments.routes import auth, health, monitor, queue, search, uploads
 from deployments.services import Services
 from lumen import metrics
 from lumen.auth import client_address
@@ -148,7 +148,7 @@ def _error_response(exc: LumenError) -> JSONResponse:
 app = FastAPI(
     title="Lumen image search",
     description="Upload photos and PDFs, search them by text or image. All routes except "
-    "/signup, /login, /healthz and the UI need `Authorization: Bearer <token>`.",
+    "/signup, /login, /healthz, /readyz and the UI need `Authorization: Bearer <token>`.",
     version="0.1.0",
 )
 
@@ -191,7 +191,7 @@ app.add_middleware(  # outermost, so refusals from the gate carry CORS headers t
     expose_headers=["Retry-After"],
 )
 
-for _module in (auth, uploads, search, queue, monitor):
+for _module in (auth, uploads, search, queue, monitor, health):
     app.include_router(_module.router)
 
 

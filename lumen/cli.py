@@ -187,10 +187,12 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def status_line(st: dict[str, Any]) -> str:
-    return (
+    line = (
         f"done {len(st.get('done', []))}  queued {st.get('queue', 0)}  "
         f"processing {len(st.get('processing', []))}  errors {len(st.get('errors', {}))}"
     )
+    wait = st.get("waiting_for_worker")  # items wait and no Embedder replica runs
+    return f"{line}  ({wait})" if wait else line
 
 
 def status_total(st: dict[str, Any]) -> int:
