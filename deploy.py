@@ -238,6 +238,9 @@ def main() -> None:
         default=300.0,
         help="give up when the app is not running after this long (default 300)",
     )
+    parser.add_argument(
+        "--dashboard-port", type=int, default=None, help="the Ray dashboard's port (default 8265)"
+    )
     opts = parser.parse_args()
     config_path = Path(opts.config)
     if not config_path.is_file():
@@ -249,7 +252,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, run.stop_on_signal)
     signal.signal(signal.SIGTERM, run.stop_on_signal)
     try:
-        run.start(config_path, opts.address, opts.deploy_timeout_s)
+        run.start(config_path, opts.address, opts.deploy_timeout_s, opts.dashboard_port)
     except BaseException as exc:
         if not isinstance(exc, SystemExit):
             print(f"Deploy failed: {exc}", file=sys.stderr)
@@ -258,7 +261,8 @@ def main() -> None:
         raise SystemExit(exc.code if isinstance(exc, SystemExit) else 1) from None
     http = run.config.get("http_options", {})
     print(f"Lumen is running at http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/")
-    print("Ray dashboard: http://127.0.0.1:8265   (Ctrl-C stops everything started here)")
+    dashboard = f"http://127.0.0.1:{opts.dashboard_port or 8265}"
+    print(f"Ray dashboard: {dashboard}   (Ctrl-C stops everything started here)")
     while True:
         time.sleep(3600)
 
@@ -271,7 +275,13 @@ class Run:
         self.connected = False
         self.config: dict[str, Any] = {}
 
-    def start(self, config_path: Path, address: str | None, timeout_s: float) -> None:
+    def start(
+        self,
+        config_path: Path,
+        address: str | None,
+        timeout_s: float,
+        dashboard_port: int | None = None,
+    ) -> None:
         settings = Settings()
         data_dir = settings.data_dir.resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +299,7 @@ class Run:
         overrides = {"data_dir": str(data_dir), "redis": {"url": url}}
         self.config = load_config(config_path, overrides)
         if address is None:
-            start_ray()
+            start_ray(dashboard_port=dashboard_port)
         else:
             import ray
 
