@@ -12,13 +12,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lumen.health import short_detail
-
 WAITING_FOR_WORKER = "waiting for a worker to start"
 # Serve's deployment statuses in which its replicas keep failing to start.
 FAILED_STATUSES = frozenset({"UNHEALTHY", "DEPLOY_FAILED"})
 STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")
+MAX_REASON_CHARS = 600  # room for a path and the command to run
 RUNNING_STATES = ("RUNNING", "PENDING_MIGRATION")  # the latter still serves, on a draining node
+
+
+def error_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """The line of an error text that says what went wrong: a traceback's last line (its
+    exception), else the first line; bounded."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if any(ln.startswith("Traceback") for ln in lines) else lines[0]
+    line = " ".join(line.split())
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class EmbedderState:
         if self.running:
             return None
         if self.failing:
-            detail = short_detail(self.message)
+            detail = error_line(self.message)
             return (
                 f"no Embedder replica can start: {detail}"
                 if detail
@@ -63,7 +73,7 @@ class EmbedderState:
         if not self.running and not self.starting and self.deployed and not self.failing:
             out["note"] = "scaled to zero: a replica starts when work arrives"
         if self.message:
-            out["message"] = short_detail(self.message)
+            out["message"] = error_line(self.message)
         return out
 
 
