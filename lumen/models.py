@@ -351,6 +351,20 @@ def cached_weights(name: str, tag: str, cache_dir: str | None = None) -> Path | 
     return None
 
 
+def derived_dir(model: ModelSettings) -> Path | None:
+    """Where data computed from staged weights is kept (caption label vectors), or None.
+
+    Keyed by the weights' sha256, so weights pulled again never meet stale derived data.
+    """
+    if model.checkpoint or not model.staged_dir or not model.pretrained:
+        return None
+    try:
+        staged = read_staged(model.staged_dir, model.name, model.pretrained, verify=False)
+    except StagedWeightsError:
+        return None
+    return staged.file.parent / f"derived-{staged.sha256[:16]}"
+
+
 def staged_load_options(model: ModelSettings) -> dict[str, Any]:
     """What open_clip's pretrained config would have set, for weights loaded from a file.
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from lumen.captions import Captioner
 from lumen.cli import run
 from lumen.config import ModelSettings
 from lumen.embedding import ClipModel, resolve_weights
@@ -17,6 +20,7 @@ from lumen.models import (
     Source,
     StagedWeightsError,
     check_model,
+    derived_dir,
     pull,
     read_staged,
     staged_folder,
@@ -147,3 +151,46 @@ def test_cli_pulls_from_a_local_file_and_refuses_a_bad_checksum(
     assert "checksum mismatch" in capsys.readouterr().err
     assert run(["models", "pull", *bad]) == 0
     assert f"Staged {tiny.name} {TAG}" in capsys.readouterr().out
+
+
+class CountingEncoder:
+    """Embeds each text as a fixed random unit vector; counts the texts it was asked for."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls = 0
+        self.fail = fail
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self.fail:
+            raise AssertionError("the cached label vectors should have been used")
+        self.calls += len(texts)
+        rng = np.random.default_rng(len(texts))
+        rows = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_caption_vectors_are_computed_once_beside_staged_weights(
+    tiny: TinyClip, tmp_path: Path
+) -> None:
+    pull(tiny.name, TAG, tmp_path, Source(str(tiny.checkpoint)))
+    derived = derived_dir(staged_settings(tiny, tmp_path))
+    assert derived is not None and derived.parent == staged_folder(tmp_path, tiny.name, TAG)
+    labels = ["red", "green", "blue"]
+    first = CountingEncoder()
+    computed = Captioner(first, labels=labels, cache_dir=derived)
+    assert first.calls == 3
+    cached = Captioner(CountingEncoder(fail=True), labels=labels, cache_dir=derived)
+    vectors = np.eye(8, dtype=np.float32)[:2]
+    assert computed.caption(vectors, 1) == cached.caption(vectors, 1)
+    for cache in derived.glob("captions-*.npy"):
+        cache.write_bytes(b"garbage")  # a broken cache is recomputed, never trusted
+    again = CountingEncoder()
+    Captioner(again, labels=labels, cache_dir=derived)
+    assert again.calls == 3
+    other = CountingEncoder()
+    Captioner(other, labels=[*labels, "yellow"], cache_dir=derived)  # another vocabulary
+    assert other.calls == 4
+
+
+def test_nothing_is_derived_without_staged_weights(tiny: TinyClip) -> None:
+    assert derived_dir(tiny.model_settings()) is None
