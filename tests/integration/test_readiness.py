@@ -30,6 +30,11 @@ def readyz(service: Service) -> httpx.Response:
         return c.get("/readyz")
 
 
+def scaled_to_zero(service: Service) -> bool:
+    embedder = readyz(service).json()["embedder"]
+    return bool(embedder["running"] == 0 and embedder["starting"] == 0)
+
+
 def gated_config(config: dict[str, Any]) -> dict[str, Any]:
     """`config` with the Embedder scaled to zero and unplaceable (min_replicas: 0)."""
     gated = copy.deepcopy(config)
@@ -81,11 +86,7 @@ def test_readyz_names_every_part_and_is_200_while_an_embedder_runs(service: Serv
 def test_queued_items_say_they_wait_for_a_worker_and_readiness_follows_the_embedder(
     service: Service, embedder_down: None
 ) -> None:
-    def scaled_to_zero() -> bool:
-        body = readyz(service).json()
-        return body["embedder"]["running"] == 0 and body["embedder"]["starting"] == 0
-
-    wait_until(scaled_to_zero, 120, "the Embedder to scale to zero")
+    wait_until(lambda: scaled_to_zero(service), 120, "the Embedder to scale to zero")
     r = readyz(service)
     assert r.status_code == 200, r.text  # scaled to zero is ready: work starts a replica
     assert "scaled to zero" in r.json()["embedder"]["note"]
@@ -117,14 +118,18 @@ def test_queued_items_say_they_wait_for_a_worker_and_readiness_follows_the_embed
 def test_an_embedder_that_cannot_load_its_weights_is_named_in_readyz_and_status(
     service: Service, tmp_path: Path
 ) -> None:
+    """A deploy whose replicas cannot start, with no replica of an earlier version left
+    (Serve keeps those running through a failed update, and then an Embedder does run)."""
     from deploy import deploy
 
-    broken = copy.deepcopy(service.config)
-    model = {**broken["applications"][0]["args"]["settings"]["model"]}
-    model.update(checkpoint=None, pretrained="shapes-v1", staged_dir=str(tmp_path / "none"))
-    broken["applications"][0]["args"]["settings"]["model"] = model
     _, h = service.new_user("broken")
     try:
+        deploy(gated_config(service.config))
+        wait_until(lambda: scaled_to_zero(service), 120, "the Embedder to scale to zero")
+        broken = copy.deepcopy(service.config)
+        model = {**broken["applications"][0]["args"]["settings"]["model"]}
+        model.update(checkpoint=None, pretrained="shapes-v1", staged_dir=str(tmp_path / "none"))
+        broken["applications"][0]["args"]["settings"]["model"] = model
         with pytest.raises(RuntimeError, match="failed to deploy"):
             deploy(broken, timeout_s=240)
 
@@ -134,8 +139,8 @@ def test_an_embedder_that_cannot_load_its_weights_is_named_in_readyz_and_status(
 
         body = wait_until(cannot_start, 120, "readiness to name the failing Embedder")
         (reason,) = [r for r in body["reasons"] if "Embedder" in r]
-        assert reason.startswith("no Embedder replica can start")
-        assert "lumen models pull" in reason  # what to run, from the replica's own error
+        assert reason.startswith("no Embedder replica can start"), reason
+        assert "lumen models pull" in reason, reason  # what to run, from the replica's error
         up = upload_zip(service, h, make_zip({"b.png": make_png()}))
         assert up.status_code == 200, up.text
         snapshot = first_snapshot_with(service, h, "waiting_for_worker")
