@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -112,40 +111,3 @@ def test_queued_items_say_they_wait_for_a_worker_and_readiness_follows_the_embed
     wait_until(lambda: readyz(service).status_code == 200, 180, "readiness once it runs")
     final = wait_settled(service, h, expected_done=1)
     assert len(final["done"]) == 1 and "waiting_for_worker" not in final
-
-
-@pytest.mark.restarts
-def test_an_embedder_that_cannot_load_its_weights_is_named_in_readyz_and_status(
-    service: Service, tmp_path: Path
-) -> None:
-    """A deploy whose replicas cannot start, with no replica of an earlier version left
-    (Serve keeps those running through a failed update, and then an Embedder does run)."""
-    from deploy import deploy
-
-    _, h = service.new_user("broken")
-    try:
-        deploy(gated_config(service.config))
-        wait_until(lambda: scaled_to_zero(service), 120, "the Embedder to scale to zero")
-        broken = copy.deepcopy(service.config)
-        model = {**broken["applications"][0]["args"]["settings"]["model"]}
-        model.update(checkpoint=None, pretrained="shapes-v1", staged_dir=str(tmp_path / "none"))
-        broken["applications"][0]["args"]["settings"]["model"] = model
-        with pytest.raises(RuntimeError, match="failed to deploy"):
-            deploy(broken, timeout_s=240)
-
-        def cannot_start() -> dict[str, Any] | None:
-            r = readyz(service)
-            return r.json() if r.status_code == 503 else None
-
-        body = wait_until(cannot_start, 120, "readiness to name the failing Embedder")
-        (reason,) = [r for r in body["reasons"] if "Embedder" in r]
-        assert reason.startswith("no Embedder replica can start"), reason
-        assert "lumen models pull" in reason, reason  # what to run, from the replica's error
-        up = upload_zip(service, h, make_zip({"b.png": make_png()}))
-        assert up.status_code == 200, up.text
-        snapshot = first_snapshot_with(service, h, "waiting_for_worker")
-        assert snapshot["waiting_for_worker"].startswith(f"{WAITING_FOR_WORKER}, but it cannot")
-    finally:
-        deploy(service.config)
-        wait_until(lambda: readyz(service).status_code == 200, 180, "the Embedder to run again")
-    assert len(wait_settled(service, h, expected_done=1)["done"]) == 1
