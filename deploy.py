@@ -11,6 +11,7 @@ before `ray start`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from lumen.config import RedisSettings, Settings
+from lumen.config import ModelSettings, RedisSettings, Settings
 
 ROOT = Path(__file__).resolve().parent
 APP_NAME = "lumen"
@@ -184,6 +185,28 @@ def deploy(config: dict[str, Any], timeout_s: float = 300.0) -> None:
     raise TimeoutError("Serve app did not reach RUNNING in time")
 
 
+def app_model_settings(config: dict[str, Any]) -> ModelSettings:
+    """The model the app's Embedder will load: `LUMEN_*` settings with the YAML's args on top."""
+    args = (config.get("applications") or [{}])[0].get("args") or {}
+    return Settings(**(args.get("settings") or {})).model
+
+
+def check_app_model(config: dict[str, Any]) -> None:
+    """Exit with a message naming what to set when no Embedder replica could load the model.
+
+    Run before anything starts: a replica that cannot load its model would otherwise be
+    restarted by Serve for minutes (retrying a hub download, say) before the deploy fails.
+    """
+    from lumen.models import check_model
+
+    model = app_model_settings(config)
+    started = time.monotonic()
+    problem = check_model(model)
+    if problem is not None:
+        sys.exit(f"The Embedder cannot load its model: {problem}")
+    print(f"Model {model.name} checked ({time.monotonic() - started:.1f} s)")
+
+
 def start_ray(num_cpus: int | None = None, dashboard_port: int | None = None) -> None:
     import ray
 
@@ -206,64 +229,120 @@ def main() -> None:
         default=os.environ.get("RAY_ADDRESS"),
         help="connect to an existing Ray cluster instead of starting one",
     )
+    parser.add_argument(
+        "--skip-model-check",
+        action="store_true",
+        help="deploy without first checking that the model loads here (the weights exist only "
+        "on the GPU nodes)",
+    )
+    parser.add_argument(
+        "--deploy-timeout-s",
+        type=float,
+        default=300.0,
+        help="give up when the app is not running after this long (default 300)",
+    )
+    parser.add_argument(
+        "--dashboard-port", type=int, default=None, help="the Ray dashboard's port (default 8265)"
+    )
     opts = parser.parse_args()
+    config_path = Path(opts.config)
+    if not config_path.is_file():
+        sys.exit(f"Serve config not found: {config_path}")
+    if not opts.skip_model_check:
+        check_app_model(yaml.safe_load(config_path.read_text()))
 
-    settings = Settings()
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    redis_proc = None
-    url = os.environ.get("REDIS_URL") or os.environ.get("LUMEN_REDIS__URL")
-    if url and redis_answers(url, settings.redis.cluster):
-        print(f"Using Redis at {redact_url(url)}")
-    else:
-        if url:
-            print(f"Redis at {redact_url(url)} does not answer; starting a local one with AOF")
-        redis_proc, url = start_redis(data_dir)
-        print(f"Started redis-server ({url}), AOF in {data_dir / 'redis'}")
-    redis_settings = RedisSettings(url=url, cluster=settings.redis.cluster)
-    settings = Settings(data_dir=data_dir, redis=redis_settings).with_local_secret()
-
-    # Before Ray starts: a secret Redis URL is exported here, for the workers to inherit.
-    overrides = {"data_dir": str(data_dir), "redis": {"url": url}}
-    config = load_config(Path(opts.config), overrides)
-    started_ray = opts.address is None
-    if started_ray:
-        start_ray()
-    else:
-        import ray
-
-        from actors.naming import NAMESPACE
-
-        ray.init(address=opts.address, namespace=NAMESPACE)
-        if split_secrets(overrides)[1]:
-            print(
-                "Note: the Redis URL carries a password, so it is not passed to the app; each "
-                "node's LUMEN_REDIS__URL must hold it (cluster.yaml exports lumen.env)."
-            )
-
-    def stop(*_: object) -> None:
-        print("\nStopping Lumen ...")
-        try:
-            from ray import serve
-
-            serve.shutdown()
-            import ray
-
-            ray.shutdown()
-        finally:
-            if redis_proc is not None:
-                redis_proc.terminate()
-                redis_proc.wait(timeout=10)
-        sys.exit(0)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    deploy(config)
-    http = config.get("http_options", {})
+    run = Run()
+    signal.signal(signal.SIGINT, run.stop_on_signal)
+    signal.signal(signal.SIGTERM, run.stop_on_signal)
+    try:
+        run.start(config_path, opts.address, opts.deploy_timeout_s, opts.dashboard_port)
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit):
+            print(f"Deploy failed: {exc}", file=sys.stderr)
+        print("Stopping what this run started ...", file=sys.stderr)
+        run.stop()
+        raise SystemExit(exc.code if isinstance(exc, SystemExit) else 1) from None
+    http = run.config.get("http_options", {})
     print(f"Lumen is running at http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}/")
-    print("Ray dashboard: http://127.0.0.1:8265   (Ctrl-C stops everything started here)")
+    dashboard = f"http://127.0.0.1:{opts.dashboard_port or 8265}"
+    print(f"Ray dashboard: {dashboard}   (Ctrl-C stops everything started here)")
     while True:
         time.sleep(3600)
+
+
+class Run:
+    """What one run command started (Redis, Ray, Serve), so that it can stop exactly that."""
+
+    def __init__(self) -> None:
+        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.connected = False
+        self.config: dict[str, Any] = {}
+
+    def start(
+        self,
+        config_path: Path,
+        address: str | None,
+        timeout_s: float,
+        dashboard_port: int | None = None,
+    ) -> None:
+        settings = Settings()
+        data_dir = settings.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        url = os.environ.get("REDIS_URL") or os.environ.get("LUMEN_REDIS__URL")
+        if url and redis_answers(url, settings.redis.cluster):
+            print(f"Using Redis at {redact_url(url)}")
+        else:
+            if url:
+                print(f"Redis at {redact_url(url)} does not answer; starting a local one with AOF")
+            self.redis_proc, url = start_redis(data_dir)
+            print(f"Started redis-server ({url}), AOF in {data_dir / 'redis'}")
+        redis_settings = RedisSettings(url=url, cluster=settings.redis.cluster)
+        Settings(data_dir=data_dir, redis=redis_settings).with_local_secret()
+
+        # Before Ray starts: a secret Redis URL is exported here, for the workers to inherit.
+        overrides = {"data_dir": str(data_dir), "redis": {"url": url}}
+        self.config = load_config(config_path, overrides)
+        if address is None:
+            start_ray(dashboard_port=dashboard_port)
+        else:
+            import ray
+
+            from actors.naming import NAMESPACE
+
+            ray.init(address=address, namespace=NAMESPACE)
+            if split_secrets(overrides)[1]:
+                print(
+                    "Note: the Redis URL carries a password, so it is not passed to the app; "
+                    "each node's LUMEN_REDIS__URL must hold it (cluster.yaml exports lumen.env)."
+                )
+        self.connected = True
+        deploy(self.config, timeout_s)
+
+    def stop(self) -> None:
+        """Serve, this process's Ray connection (a Ray it started ends with it), its Redis."""
+        try:
+            if self.connected:
+                self.connected = False
+                import ray
+                from ray import serve
+
+                with contextlib.suppress(Exception):
+                    serve.shutdown()
+                ray.shutdown()
+        finally:
+            if self.redis_proc is not None:
+                self.redis_proc.terminate()
+                try:
+                    self.redis_proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.redis_proc.kill()
+                    self.redis_proc.wait(timeout=10)
+                self.redis_proc = None
+
+    def stop_on_signal(self, *_: object) -> None:
+        print("\nStopping Lumen ...")
+        self.stop()
+        sys.exit(0)
 
 
 if __name__ == "__main__":

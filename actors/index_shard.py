@@ -53,6 +53,10 @@ class IndexShard:
             EventKind.INDEX_REPAIRED, user=user, mirrored=mirrored, stored=stored
         )
 
+    def ping(self) -> bool:
+        """Readiness: the shard answers (after whatever call it is serving now)."""
+        return True
+
     def owns(self, user: str) -> bool:
         return shard_for(user, self.shards) == self.shard
 

@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.deps import VERIFIED, Svc, services_of
-from deployments.routes import auth, monitor, queue, search, uploads
+from deployments.routes import auth, health, monitor, queue, search, uploads
 from deployments.services import Services
 from lumen import metrics
 from lumen.auth import client_address
@@ -150,7 +150,7 @@ def _error_response(exc: LumenError) -> JSONResponse:
 app = FastAPI(
     title="Lumen image search",
     description="Upload photos and PDFs, search them by text or image. All routes except "
-    "/signup, /login, /healthz and the UI need `Authorization: Bearer <token>`.",
+    "/signup, /login, /healthz, /readyz and the UI need `Authorization: Bearer <token>`.",
     version="0.1.0",
 )
 
@@ -194,7 +194,7 @@ app.add_middleware(  # outermost, so refusals from the gate carry CORS headers t
     expose_headers=["Retry-After"],
 )
 
-for _module in (auth, uploads, search, queue, monitor):
+for _module in (auth, uploads, search, queue, monitor, health):
     app.include_router(_module.router)
 
 

@@ -18,6 +18,7 @@ from actors.dispatcher import get_dispatcher
 from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
 from actors.naming import NAMESPACE, index_shard_number, shard_for
+from deployments.probes import ReadinessProbe
 from lumen.account import AccountService
 from lumen.admission import Admission, PenaltyBox, Tarpit
 from lumen.answerer import make_answerer
@@ -200,6 +201,7 @@ class Services:
         self.uploads = UploadService(settings, self.stores.queue)
         self.actors = ActorHandles(settings)
         self.supervisor = Supervisor(self.actors)
+        self.readiness = ReadinessProbe(settings, self.stores, self.actors)
         self.search = SearchService(
             settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,
             make_answerer(settings.gemini), RayMetrics(),

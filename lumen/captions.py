@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -40,14 +44,20 @@ class Captioner:
         encoder: TextEncoder,
         labels: Sequence[str] | None = None,
         prompt: str = DEFAULT_PROMPT,
+        cache_dir: Path | None = None,
     ) -> None:
+        """`cache_dir`: where label vectors of these exact weights are kept (beside staged
+        weights), so that only the first replica pays for encoding the vocabulary."""
         self._labels = list(labels) if labels is not None else load_labels()
         if not self._labels:
             raise ValueError("the caption vocabulary is empty")
-        vectors = np.asarray(
-            encoder.encode_texts([prompt.format(label=label) for label in self._labels]),
-            dtype=np.float32,
-        )
+        texts = [prompt.format(label=label) for label in self._labels]
+        cache = None if cache_dir is None else cache_dir / f"captions-{_digest(texts)}.npy"
+        vectors = None if cache is None else _load_vectors(cache, len(texts))
+        if vectors is None:
+            vectors = np.asarray(encoder.encode_texts(texts), dtype=np.float32)
+            if cache is not None:
+                _store_vectors(cache, vectors)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         self._label_vectors = vectors / np.maximum(norms, 1e-12)
 
@@ -78,3 +88,27 @@ class Captioner:
         order = np.take_along_axis(scores, best, axis=1).argsort(axis=1)[:, ::-1]
         ranked = np.take_along_axis(best, order, axis=1)
         return [[self._labels[i] for i in row] for row in ranked]
+
+
+def _digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+
+
+def _load_vectors(path: Path, rows: int) -> np.ndarray | None:
+    """Cached label vectors, or None when absent or not what this vocabulary needs."""
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    ok = vectors.ndim == 2 and vectors.shape[0] == rows and np.isfinite(vectors).all()
+    return vectors.astype(np.float32, copy=False) if ok else None
+
+
+def _store_vectors(path: Path, vectors: np.ndarray) -> None:
+    """Best effort, atomic: a reader sees a whole file or none (the cache only saves time)."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as f:
+            np.save(f, vectors, allow_pickle=False)
+        tmp.replace(path)

@@ -187,10 +187,12 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def status_line(st: dict[str, Any]) -> str:
-    return (
+    line = (
         f"done {len(st.get('done', []))}  queued {st.get('queue', 0)}  "
         f"processing {len(st.get('processing', []))}  errors {len(st.get('errors', {}))}"
     )
+    wait = st.get("waiting_for_worker")  # items wait and no Embedder replica runs
+    return f"{line}  ({wait})" if wait else line
 
 
 def status_total(st: dict[str, Any]) -> int:
@@ -370,6 +372,38 @@ def cmd_admin_create_user(client: LumenClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_pull(client: LumenClient, args: argparse.Namespace) -> int:
+    """Stage open_clip weights once, with a sha256, where replicas load them from."""
+    from lumen.config import Settings
+    from lumen.models import Source, StagedWeightsError, hub_source, pull
+
+    model = Settings().model
+    name, tag = args.name or model.name, args.tag or model.pretrained
+    if not tag:
+        raise ClientError("give a pretrained TAG (LUMEN_MODEL__PRETRAINED is not set)")
+    target = args.to or model.staged_dir or str(Settings().data_dir / "models")
+    bar = Bar()
+
+    def progress(done: int, size: int | None) -> None:
+        bar.draw(done, size or done, f"{human_bytes(done)}  {name} {tag}")
+
+    try:
+        source = Source(args.source, args.sha256) if args.source else None
+        if source is None and args.sha256:
+            hub = hub_source(name, tag)
+            source = Source(hub.url, args.sha256, hub.file_name)
+        staged, fetched = pull(name, tag, target, source, progress)
+    except (StagedWeightsError, ValueError) as exc:
+        raise ClientError(str(exc)) from exc
+    finally:
+        bar.finish()
+    verb = "Staged" if fetched else "Already staged"
+    print(f"{verb} {name} {tag}: {staged.file} ({human_bytes(staged.bytes)})")
+    print(f"sha256 {staged.sha256}")
+    print(f"Replicas load it with LUMEN_MODEL__STAGED_DIR={target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -443,6 +477,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from stdin, not a prompt"
     )
     p.set_defaults(func=cmd_admin_create_user)
+    models = sub.add_parser(
+        "models",
+        help="stage model weights on the shared data root (run on a node with the hub)",
+        description="Model weights for the Embedder: stage them once so no replica start "
+        "downloads anything.",
+    )
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    p = models_sub.add_parser(
+        "pull",
+        help="download open_clip weights once, with a sha256, into a staged-weights folder",
+        description="Download NAME TAG (default: LUMEN_MODEL__NAME, LUMEN_MODEL__PRETRAINED) "
+        "into DIR/NAME/TAG with a checksum. Replicas load them with LUMEN_MODEL__STAGED_DIR=DIR.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="open_clip architecture")
+    p.add_argument("tag", nargs="?", metavar="TAG", help="open_clip pretrained tag")
+    p.add_argument(
+        "--to", help="staged-weights folder (default LUMEN_MODEL__STAGED_DIR, else DATA_DIR/models)"
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="SOURCE",
+        help="download from this URL (http, https, file://) or local path instead of the hub",
+    )
+    p.add_argument("--sha256", help="the checksum the file must have (refused otherwise)")
+    p.set_defaults(func=cmd_models_pull)
     return parser
 
 

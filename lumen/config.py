@@ -37,6 +37,9 @@ class ModelSettings(BaseModel):
     config_file: str | None = None
     # Where open_clip caches downloaded weights.
     cache_dir: str | None = None
+    # Weights staged by `lumen models pull NAME TAG --to DIR` (a folder on the shared data
+    # root): with a pretrained tag, replicas load `DIR/<name>/<tag>/` and never the hub.
+    staged_dir: str | None = None
     fp16_on_gpu: bool = True
     # With the model on a GPU, decode baseline JPEGs there (nvJPEG, batched); Pillow decodes
     # everything else. No effect without CUDA.

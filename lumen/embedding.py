@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lumen.config import ModelSettings
+from lumen.models import read_staged, staged_load_options
 
 _registered_configs: set[Path] = set()
 
@@ -57,6 +58,8 @@ class ClipModel:
             register_model_config(Path(model.config_file), model.name)
         weights = resolve_weights(model)
         precision = "fp16" if device.startswith("cuda") and model.fp16_on_gpu else "fp32"
+        staged = not model.checkpoint and model.staged_dir and model.pretrained
+        options = staged_load_options(model) if staged else {}
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
                 model.name,
@@ -64,6 +67,7 @@ class ClipModel:
                 precision=precision,
                 device=device,
                 cache_dir=model.cache_dir,
+                **options,
             )
         except RuntimeError as exc:
             raise RuntimeError(
@@ -152,7 +156,10 @@ def register_model_config(config_file: Path, name: str) -> None:
 
 
 def resolve_weights(model: ModelSettings) -> str | None:
-    """What to pass open_clip as `pretrained`: a checked local checkpoint path, a tag, or None.
+    """What to pass open_clip as `pretrained`: a checked local file path, a tag, or None.
+
+    With `staged_dir` and a tag, the staged file (size and sha256 checked) is that path;
+    missing or corrupt staged weights are refused, never fetched from the hub instead.
 
     open_clip loads a local file itself (`.safetensors`, or a `.pt`/`.pth` holding a state
     dict or `{"state_dict": ...}`, with `weights_only=True`), so a path is passed through.
@@ -165,6 +172,8 @@ def resolve_weights(model: ModelSettings) -> str | None:
                 " .pt or .safetensors file, or unset it to use LUMEN_MODEL__PRETRAINED)"
             )
         return str(path)
+    if model.staged_dir and model.pretrained:
+        return str(read_staged(model.staged_dir, model.name, model.pretrained).file.resolve())
     return model.pretrained
 
 

@@ -25,6 +25,7 @@ from lumen.gpu_decode import (
     gpu_decode_device,
 )
 from lumen.ingest.images import open_image
+from lumen.models import derived_dir
 from lumen.nullmodel import NullClip
 from lumen.paths import resolve_item
 from lumen.vectors import encode_vector
@@ -71,7 +72,8 @@ class EmbedderCore:
         self.model = (
             NullClip() if self.null else ClipModel.from_settings(settings.model, threads=threads)
         )
-        self.captioner = Captioner(self.model)
+        derived = None if self.null else derived_dir(settings.model)
+        self.captioner = Captioner(self.model, cache_dir=derived)
         # JPEG draft mode decodes at the smallest 1/2^k scale still >= the model's input.
         side = int(self.model.image_size)
         self._draft = (side, side)

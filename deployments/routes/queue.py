@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from deployments.deps import AUTH_ERRORS, CurrentUser, StreamAuth, Svc
 from deployments.schemas import DoneResponse, MessageResponse, RetryResponse
 from deployments.sse import sse_stream
+from lumen.readiness import pending_items, waiting_reason
 
 router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
 
@@ -19,10 +20,16 @@ async def status(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResp
     """Server-Sent Events: the caller's queue, processing, done, errors and retries on change.
 
     Auth: bearer header, or `?ticket=` (from `POST /stream-ticket`) for browsers' EventSource.
+    While items wait and no Embedder replica runs, `waiting_for_worker` says why.
     """
 
     async def snapshot() -> object:
-        return dataclasses.asdict(await svc.account.status(grant.user))
+        status = dataclasses.asdict(await svc.account.status(grant.user))
+        if pending_items(status):  # an extra field, only while items wait for no worker
+            reason = waiting_reason(status, await svc.readiness.embedder())
+            if reason:
+                status["waiting_for_worker"] = reason
+        return status
 
     return sse_stream(request, svc, grant, snapshot)
 
