@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: run test unit lint bench venv redis chromium tesseract clean
 
-run: venv redis tesseract  ## start Redis (if needed), Ray and the Serve app; Ctrl-C stops them
-	$(BIN)/python deploy.py
+run: venv redis tesseract  ## stage the model's weights once, start Redis (if needed), Ray and the Serve app; Ctrl-C stops them
+	@if [ -n "$$LUMEN_MODEL__CHECKPOINT$$LUMEN_MODEL__STAGED_DIR" ]; then \
+		$(BIN)/python deploy.py; \
+	else \
+		$(BIN)/python -m lumen.cli models pull --to "$(CURDIR)/data/models" && \
+		LUMEN_MODEL__STAGED_DIR="$(CURDIR)/data/models" $(BIN)/python deploy.py; \
+	fi
 
 test: venv redis chromium tesseract  ## the whole suite: unit + integration on real Ray, Redis and HTTP
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
