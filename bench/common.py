@@ -12,6 +12,7 @@ import itertools
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -406,3 +407,22 @@ def stored_zip(path: Path, files: list[Path], folder: str) -> Path:
                 zf.write(p, f"{folder}/{p.name}")
         tmp.replace(path)
     return path
+
+
+def private_redis(args: list[str], folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server of our own on a free port (no RDB), `args` added; (process, port)."""
+    from deploy import free_port
+
+    port = free_port()
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is required (scripts/ensure-redis.sh installs it)"
+    cmd = [binary, "--port", str(port), "--dir", str(folder), "--save", "", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            return proc, port
+        except redis.RedisError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")

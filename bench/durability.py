@@ -11,17 +11,13 @@ the upload's ENQUEUE (in ZIP-sized batches), the dispatcher's CLAIM and the shar
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import redis
-from common import print_machine, table
+from common import print_machine, private_redis, table
 
-from deploy import free_port
 from lumen.config import Settings
 from lumen.storage import Stores
 from lumen.storage.queue import NewItem
@@ -32,22 +28,6 @@ MODES = {
     "no aof": ["--appendonly", "no"],
 }
 VECTOR = bytes(2048)  # one ViT-B-32 vector (512 float32)
-
-
-def start(args: list[str], folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (scripts/ensure-redis.sh installs it)"
-    cmd = [binary, "--port", str(port), "--dir", str(folder), "--save", "", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, port
-        except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def run(port: int, items: int, batch: int) -> dict[str, float]:
@@ -85,7 +65,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for mode, flags in MODES.items():
         with tempfile.TemporaryDirectory(dir=Path.cwd()) as folder:  # this disk, like data/
-            proc, port = start(flags, Path(folder))
+            proc, port = private_redis(flags, Path(folder))
             try:
                 results[mode] = run(port, args.items, args.batch)
             finally:

@@ -18,8 +18,6 @@ It also times a full load (`scan`) of each layout.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -27,31 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import redis
-from common import print_machine, table
+from common import print_machine, private_redis, table
 
-from deploy import free_port
 from lumen.config import Settings
 from lumen.keys import VECTOR_BLOCK_IDS
 from lumen.storage import Stores
 from lumen.storage.queue import NewItem
 
 LIMIT = 1.05
-
-
-def start(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is required (scripts/ensure-redis.sh installs it)"
-    cmd = [binary, "--port", str(port), "--dir", str(folder), "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, port
-        except redis.RedisError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def vectors(n: int, dim: int) -> list[bytes]:
@@ -119,7 +100,7 @@ def main() -> None:
     raw = opts.n * opts.dim * 4
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory() as folder:
-        proc, port = start(Path(folder))
+        proc, port = private_redis(["--appendonly", "no"], Path(folder))
         try:
             url = f"redis://127.0.0.1:{port}/0"
             stores = Stores(Settings(redis={"url": url, "namespace": "vb"}))

@@ -182,3 +182,12 @@ def service(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `restarts` run after all others: they restart Redis, the app and Ray."""
     items.sort(key=lambda item: item.get_closest_marker("restarts") is not None)
+
+
+def admin_headers(service: Service) -> dict[str, str]:
+    """Bearer headers of the operator account (`ADMIN`, an admin user in the test settings)."""
+    with service.client() as c:
+        c.post("/signup", json={"username": ADMIN, "password": "operator password"})
+        r = c.post("/login", data={"username": ADMIN, "password": "operator password"})
+        assert r.status_code == 200, r.text
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}

@@ -15,19 +15,11 @@ from actors.index_shard import get_index_shard
 from actors.naming import shard_for
 from lumen.naming import replica_tag_of, worker_id
 from lumen.storage import Stores
-from tests.conftest import ADMIN, Service
+from tests.conftest import Service, admin_headers
 from tests.support.chaos import kill_every_embedder_replica
 from tests.support.hostile import make_zip, noisy_jpegs
 from tests.support.http import search, sse_events, status_snapshot, upload_zip
 from tests.support.waiting import wait_until
-
-
-def _admin_headers(service: Service) -> dict[str, str]:
-    with service.client() as c:
-        c.post("/signup", json={"username": ADMIN, "password": "operator password"})
-        r = c.post("/login", data={"username": ADMIN, "password": "operator password"})
-        assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def test_worker_stream_shows_each_embedder_replica_with_metrics(service: Service) -> None:
@@ -58,7 +50,7 @@ def test_events_stream_newest_first_and_only_operators_may_reset(service: Servic
     assert [e["type"] for e in events[1:]] == ["task_timeout"]
     assert "ts" in events[1] and "user" not in events[1] and "item" not in events[1]
     assert "someone" not in json.dumps(events)
-    everything = next(iter(sse_events(service, "/monitor/events", _admin_headers(service))))
+    everything = next(iter(sse_events(service, "/monitor/events", admin_headers(service))))
     assert [e.get("user") for e in everything[:3]] == [me, "someone", "someone"]
     with service.client() as c:
         r = c.post("/monitor/events/reset", headers=h)
@@ -67,7 +59,7 @@ def test_events_stream_newest_first_and_only_operators_may_reset(service: Servic
         token = h["Authorization"].split()[1]
         assert c.post(f"/monitor/events/reset?token={token}").status_code == 401
         assert c.post("/monitor/events/reset", headers=h).json()["code"] == "forbidden"
-        r = c.post("/monitor/events/reset", headers=_admin_headers(service))
+        r = c.post("/monitor/events/reset", headers=admin_headers(service))
         assert r.status_code == 200
         assert r.json() == {"message": "Monitor events reset successfully."}
     assert stores.events.list() == []

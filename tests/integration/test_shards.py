@@ -13,19 +13,11 @@ from actors.index_shard import get_index_shard
 from actors.naming import shard_for
 from lumen.snapshots import SnapshotStore
 from lumen.storage import Stores
-from tests.conftest import ADMIN, Service
+from tests.conftest import Service, admin_headers
 from tests.support.hostile import make_zip, noisy_jpegs
 from tests.support.http import search, upload_zip, wait_settled
 
 IMAGES = 6
-
-
-def _admin_headers(service: Service) -> dict[str, str]:
-    with service.client() as c:
-        c.post("/signup", json={"username": ADMIN, "password": "operator password"})
-        r = c.post("/login", data={"username": ADMIN, "password": "operator password"})
-        assert r.status_code == 200, r.text
-        return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def _user_with_images(service: Service, prefix: str, seed: int) -> tuple[str, dict[str, str]]:
@@ -132,7 +124,7 @@ def test_operators_see_each_shard_and_plain_users_do_not(service: Service) -> No
     assert _results(service, h, noisy_jpegs(1, side=96, seed=7)["img_00000.jpg"])
     with service.client() as c:
         assert c.get("/monitor/shards", headers=h).status_code == 403
-        r = c.get("/monitor/shards", headers=_admin_headers(service))
+        r = c.get("/monitor/shards", headers=admin_headers(service))
     assert r.status_code == 200, r.text
     shards = r.json()["shards"]
     assert [s["shard"] for s in shards] == list(range(service.settings.queue.index_shards))
