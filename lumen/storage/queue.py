@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lumen.keys import Keys, shard_of
+from lumen.keys import NEXT, OLD, Keys, shard_of
 from lumen.states import ItemState
 from lumen.storage import scripts
 from lumen.storage.client import Client
@@ -370,7 +370,12 @@ class QueueStore:
         k = self._k
         while True:  # again when a commit issued ids beyond the blocks declared
             last = int(self._r.get(k.vseq(user)) or 0)
-            keys = [k.vseq(user), *k.user_keys(user), *k.vblocks(user, last)]
+            others = [
+                block
+                for space in (NEXT, OLD)
+                for block in k.vblocks(user, int(self._r.get(k.vseq(user, space)) or 0), space)
+            ]  # a re-embedding's space and a kept old one
+            keys = [k.vseq(user), *k.user_keys(user), *k.vblocks(user, last), *others]
             if self._reset(keys=keys, args=[last]):
                 break
         self._settle_active(user)
