@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,28 +171,22 @@ class SpaceStore:
 
     def users_on_other_models(self, model_id: str, count: int = 1000) -> Iterator[str]:
         """Users whose active space holds another model than `model_id` (one SCAN)."""
-        head, _, tail = self._k.vinfo("\0").partition("{\0}")
-        for key in self._r.scan_iter(
-            match=f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}", count=count
-        ):
-            name = text(key)
-            if not name.startswith(head + "{"):
-                continue
-            user = name[len(head) + 1 : len(name) - len(tail) - 1]
-            model = self._r.hget(name, "model")
+        for user in self._users_with(self._k.vinfo, count):
+            model = self._r.hget(self._k.vinfo(user), "model")
             if model is not None and text(model) != model_id:
                 yield user
 
     def users_with_progress(self, count: int = 1000) -> list[str]:
-        head, _, tail = self._k.reindex("\0").partition("{\0}")
-        out = []
-        for key in self._r.scan_iter(
-            match=f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}", count=count
-        ):
+        return sorted(self._users_with(self._k.reindex, count))
+
+    def _users_with(self, template: Callable[[str], str], count: int) -> Iterator[str]:
+        """Users having a key of this per-user template (SCAN, every node of a cluster)."""
+        head, _, tail = template("\0").partition("{\0}")
+        pattern = f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}"
+        for key in self._r.scan_iter(match=pattern, count=count):
             name = text(key)
-            if name.startswith(head + "{"):
-                out.append(name[len(head) + 1 : len(name) - len(tail) - 1])
-        return sorted(out)
+            if name.startswith(head + "{") and name.endswith("}" + tail):
+                yield name[len(head) + 1 : len(name) - len(tail) - 1]
 
     # -- models and the job --------------------------------------------------------------
 

@@ -462,7 +462,8 @@ for j = 0, 4 do
 end
 local base = 16
 for j = 1, nold do
-  if keep then move(KEYS[base + j], KEYS[base + nold + j]) else redis.call('DEL', KEYS[base + j]) end
+  if keep then move(KEYS[base + j], KEYS[base + nold + j])
+  else redis.call('DEL', KEYS[base + j]) end
 end
 for j = 0, 3 do move(KEYS[N + j], KEYS[A + j]) end
 base = 16 + 2 * nold
