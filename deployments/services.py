@@ -44,11 +44,12 @@ class ServeEncoder:
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
 
-    async def embed_text(self, text: str) -> np.ndarray:
-        return np.frombuffer(await self.embedder.embed_text.remote(text), dtype="<f4")
+    async def embed_text(self, text: str, model: str | None = None) -> np.ndarray:
+        return np.frombuffer(await self.embedder.embed_text.remote(text, model), dtype="<f4")
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        return np.frombuffer(await self.embedder.embed_image_bytes.remote(data), dtype="<f4")
+    async def embed_image(self, data: bytes, model: str | None = None) -> np.ndarray:
+        vector = await self.embedder.embed_image_bytes.remote(data, model)
+        return np.frombuffer(vector, dtype="<f4")
 
 
 class ShardClient:
@@ -57,13 +58,15 @@ class ShardClient:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
-        return await self.handle.search.remote(user, query, k)
+    async def search(
+        self, user: str, query: bytes, k: int, model: str | None = None
+    ) -> list[SearchHit]:
+        return await self.handle.search.remote(user, query, k, model)
 
     async def search_pdf(
-        self, user: str, query: bytes, text: str, k: int, mode: str
+        self, user: str, query: bytes, text: str, k: int, mode: str, model: str | None = None
     ) -> list[SearchHit]:
-        return await self.handle.search_pdf.remote(user, query, text, k, mode)
+        return await self.handle.search_pdf.remote(user, query, text, k, mode, model)
 
     async def drop(self, user: str) -> None:
         await self.handle.drop.remote(user)
@@ -206,11 +209,17 @@ class Services:
             settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,
             make_answerer(settings.gemini), RayMetrics(),
             run_answer=self.executors.gemini.run, run_io=self.executors.blocking.run,
+            model_of=self.active_model,
         )  # fmt: skip
         self.account = AccountService(
             settings.data_dir, self.stores.queue, self.actors.shard,
             settings.limits.max_status_items, self.auth.revoke_streams,
         )  # fmt: skip
+
+    def active_model(self, user: str) -> str | None:
+        """The model of the user's active space (None: nothing indexed yet)."""
+        info = self.stores.vectors.info(user)
+        return None if info is None else info.model
 
     async def verify_bearer(self, authorization: str) -> str:
         """The user an `Authorization: Bearer` header names (401 otherwise), off the loop."""

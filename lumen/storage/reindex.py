@@ -18,7 +18,7 @@ from lumen.errors import ModelMismatch
 from lumen.keys import NEXT, OLD, VECTOR_BLOCK_IDS, Keys
 from lumen.storage import scripts
 from lumen.storage.client import Client
-from lumen.storage.queue import _glob_escape
+from lumen.storage.queue import users_with
 from lumen.storage.text import text, text_map
 from lumen.storage.vectors import IndexInfo, blocks_of
 
@@ -113,8 +113,9 @@ class SpaceStore:
     def remaining(self, user: str) -> list[str]:
         """Done items with no vector in the NEXT space yet, oldest first: what a (resumed)
         re-embedding still has to do. Recomputed from Redis, so a crash loses nothing."""
-        have = self.items(user)
-        return [item for item in self.done_items(user) if item not in have]
+        from lumen.upgrade import remaining
+
+        return remaining(self.done_items(user), self.items(user))
 
     def drop(self, user: str, space: str = NEXT) -> None:
         """Delete one of the user's non-active spaces (NEXT of a model no longer deployed)."""
@@ -180,13 +181,7 @@ class SpaceStore:
         return sorted(self._users_with(self._k.reindex, count))
 
     def _users_with(self, template: Callable[[str], str], count: int) -> Iterator[str]:
-        """Users having a key of this per-user template (SCAN, every node of a cluster)."""
-        head, _, tail = template("\0").partition("{\0}")
-        pattern = f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}"
-        for key in self._r.scan_iter(match=pattern, count=count):
-            name = text(key)
-            if name.startswith(head + "{") and name.endswith("}" + tail):
-                yield name[len(head) + 1 : len(name) - len(tail) - 1]
+        return users_with(self._r, template, count)
 
     # -- models and the job --------------------------------------------------------------
 
