@@ -18,18 +18,21 @@ from actors.dispatcher import get_dispatcher
 from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
 from actors.naming import NAMESPACE, index_shard_number, shard_for
+from actors.reembedder import get_reembedder
 from deployments.probes import ReadinessProbe
 from lumen.account import AccountService
 from lumen.admission import Admission, PenaltyBox, Tarpit
 from lumen.answerer import make_answerer
 from lumen.auth import Authenticator
 from lumen.config import Settings
+from lumen.embedding import model_id_for
 from lumen.errors import Unauthorized
 from lumen.executors import Executors
 from lumen.links import ImageLinks
 from lumen.metrics import RayMetrics
 from lumen.search import SearchHit, SearchService
 from lumen.storage import Stores
+from lumen.upgrade import upgrade_pending
 from lumen.uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,22 @@ class ActorHandles:
             await asyncio.gather(*(one(n) for n in range(self.settings.queue.index_shards)))
         )
 
+    async def start_reindex_if_pending(self, stores: Stores) -> bool:
+        """Start re-embedding when a space holds another model than the deployed one; no
+        actor is created (nothing held) otherwise."""
+        settings = self.settings
+        if not settings.reindex.auto_start or settings.model.benchmark_null:
+            return False
+        deployed = model_id_for(settings.model)
+        if not await asyncio.to_thread(upgrade_pending, stores.spaces, deployed):
+            return False
+        await self.reembedder().start.remote(settings.model.model_dump(mode="json"))
+        log.info("re-embedding started: spaces hold another model than %s", deployed)
+        return True
+
+    def reembedder(self) -> Any:
+        return get_reembedder(self.settings)
+
     def forget(self) -> None:
         """Look every actor up again (one was killed for good and created anew)."""
         self._shards.clear()
@@ -147,10 +166,13 @@ class ActorHandles:
 
 
 class Supervisor:
-    """Keeps the dispatcher's and monitor's loops running; the one place that does."""
+    """Keeps the dispatcher's and monitor's loops running; the one place that does. On its
+    first tick it starts the re-embedding job if an upgrade is pending (and nothing if not)."""
 
-    def __init__(self, handles: ActorHandles) -> None:
+    def __init__(self, handles: ActorHandles, stores: Stores | None = None) -> None:
         self.handles = handles
+        self.stores = stores
+        self.upgrade_checked = False
         self.task: asyncio.Task[None] | None = None
         self.kicks: set[asyncio.Task[None]] = set()
 
@@ -179,6 +201,9 @@ class Supervisor:
                     await dispatcher.ensure_running.remote()
                 await self.handles.monitor().ensure_running.remote()
                 await self.handles.converge_shards()
+                if not self.upgrade_checked and self.stores is not None:
+                    await self.handles.start_reindex_if_pending(self.stores)
+                    self.upgrade_checked = True
                 if ticks % RETIRED_SHARDS_EVERY == 0:
                     await self.handles.release_retired_shards()
                 ticks += 1
@@ -203,7 +228,7 @@ class Services:
         self.executors = Executors(settings.executors)
         self.uploads = UploadService(settings, self.stores.queue)
         self.actors = ActorHandles(settings)
-        self.supervisor = Supervisor(self.actors)
+        self.supervisor = Supervisor(self.actors, self.stores)
         self.readiness = ReadinessProbe(settings, self.stores, self.actors)
         self.search = SearchService(
             settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,

@@ -194,6 +194,8 @@ class ReindexSettings(BaseModel):
     batch_size: int = Field(default=32, ge=1)
     # While this many items wait in the live queues, the job pauses between batches.
     pause_backlog_items: int = Field(default=1, ge=1)
+    # A pause after every batch besides (0: none): a gentler job on a small box.
+    batch_pause_s: float = Field(default=0.0, ge=0)
     # Keep the previous space (`old:` keys) after the switch instead of deleting it.
     keep_old_space: bool = False
     # How to load the previous model when Redis has no record of it (e.g. the first deploy

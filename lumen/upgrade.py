@@ -70,6 +70,19 @@ def needs_reembedding(info: IndexInfo | None, deployed_model: str) -> bool:
     return info is not None and info.model != deployed_model
 
 
+class UpgradeState(Protocol):
+    def job(self) -> dict[str, object] | None: ...
+    def users_on_other_models(self, model_id: str) -> Iterable[str]: ...
+
+
+def upgrade_pending(spaces: UpgradeState, deployed_model: str) -> bool:
+    """Whether a re-embedding job must run: one is recorded unfinished, or some user's space
+    holds another model than the deployed one. False means starting nothing at all."""
+    if spaces.job() is not None:
+        return True
+    return next(iter(spaces.users_on_other_models(deployed_model)), None) is not None
+
+
 def remaining(done: Iterable[str], in_next: set[str]) -> list[str]:
     """Done items without a vector in the NEXT space, in the order given (oldest first)."""
     return [item for item in done if item not in in_next]

@@ -156,8 +156,9 @@ class SpaceStore:
     # -- progress ------------------------------------------------------------------------
 
     def set_progress(self, user: str, **fields: Any) -> None:
-        values = {key: str(value) for key, value in fields.items()}
-        self._r.hset(self._k.reindex(user), mapping={**values, "updated": f"{time.time():.3f}"})
+        values: dict[str | bytes, str] = {key: str(value) for key, value in fields.items()}
+        values["updated"] = f"{time.time():.3f}"
+        self._r.hset(self._k.reindex(user), mapping=values)  # type: ignore[arg-type]
 
     def progress(self, user: str) -> dict[str, Any] | None:
         raw = text_map(self._r.hgetall(self._k.reindex(user)))
