@@ -17,6 +17,9 @@ from lumen.storage import Stores
 
 log = logging.getLogger(__name__)
 
+FAILED_ROUNDS = 3  # rounds in a row that switched nobody: stop until started again
+RETRY_PAUSE_S = 10.0
+
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class Reembedder:
@@ -68,6 +71,7 @@ class Reembedder:
             self._thread.start()
 
     def _run(self) -> None:
+        idle_rounds = 0
         while not self._stop.is_set():
             target = self.stores.spaces.job()
             if target is None:
@@ -75,12 +79,14 @@ class Reembedder:
             model = ModelSettings(**target)
             job = Reembedding(self.settings, self.stores, model, self._stop.is_set)
             users = self.only if self.only is not None else job.users()
+            switched = 0
             for user in users:
                 if self._stop.is_set():
                     return
                 self.current = user
                 try:
                     if job.run_user(user):
+                        switched += 1
                         self._drop_mirror(user)
                 except Exception:  # noqa: BLE001 - recorded per user (state failed)
                     log.exception("re-embedding %s failed", user)
@@ -91,7 +97,12 @@ class Reembedder:
                 if not left:
                     self.stores.spaces.set_job(None)  # every space holds the target
                 return
-            # users left: ones that failed, or that reached another model meanwhile: again
+            # users left: ones that failed, or that reached another model meanwhile
+            idle_rounds = 0 if switched else idle_rounds + 1
+            if idle_rounds >= FAILED_ROUNDS:
+                log.error("re-embedding gave up for now on %s; `lumen reindex` retries", left)
+                return
+            self._stop.wait(RETRY_PAUSE_S)
 
     def _drop_mirror(self, user: str) -> None:
         """The shard reloads the switched space from Redis (and forgets the old snapshot)."""

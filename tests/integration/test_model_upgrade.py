@@ -32,6 +32,7 @@ from tests.support.waiting import wait_until
 
 APP = "lumen-upgrade"
 PER_CLASS = 2  # 24 items: the job runs long enough (batches of 2, paused) to be killed midway
+TOP_K = 6  # the late yellow triangle must rank among the 3 yellow triangles' neighbours
 
 
 def _png(color: str, shape: str, seed: int) -> bytes:
@@ -122,7 +123,7 @@ class Searcher:
     def run(self) -> None:
         while not self.stop.is_set():
             for query in ("a red circle", "a yellow triangle"):
-                r = search(self.svc, self.headers, query=query, top_k=PER_CLASS + 1)
+                r = search(self.svc, self.headers, query=query, top_k=TOP_K)
                 files = [x["filename"] for x in r.json()["results"]] if r.status_code == 200 else []
                 self.answers.append((query, r.status_code, files))
             time.sleep(0.2)
@@ -179,7 +180,7 @@ def test_an_upgrade_reembeds_in_the_background_without_a_gap(upgrade: Upgrade) -
         [late_item] = late.json()["queued"]
         wait_settled(svc, h, len(members) + 1)
         searcher.late = late_item
-        r = search(svc, h, query="a yellow triangle", top_k=PER_CLASS + 1)
+        r = search(svc, h, query="a yellow triangle", top_k=TOP_K)
         assert late_item in [x["filename"] for x in r.json()["results"]]  # before the switch
 
         wait_until(
