@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,25 @@ def test_decoded_pixels_are_the_models_square_crop() -> None:
     px = fit_square(img, 32)
     assert px.shape == (32, 32, 3) and px.dtype == np.uint8
     assert (px[..., 0] > 250).all()
+
+
+def test_the_pipelines_stages_give_the_models_own_vectors(tmp_path: Path) -> None:
+    """read + decode, then the pool's model: the vector the Embedder would make, and a file
+    that cannot be read is marked, not fatal."""
+    from lumen.embedding import ClipModel
+    from lumen.reembed import ModelPool, ReadDecode, model_side
+    from tests.support.tiny_clip import draw_shape, ensure_tiny_clip
+
+    model = ensure_tiny_clip().model_settings()
+    folder = tmp_path / "uploads" / "al"
+    folder.mkdir(parents=True)
+    draw_shape("red", "circle", size=96, seed=1).save(folder / "a.png")
+    side = model_side(model)
+    decode = ReadDecode(str(tmp_path), "al", side, 10_000_000)
+    batch = decode({"item": np.array(["uploads/al/a.png", "uploads/al/gone.png"], dtype=object)})
+    assert batch["pixels"].shape == (2, side, side, 3) and list(batch["ok"]) == [True, False]
+    out = ModelPool(model.model_dump(mode="json"))(batch)
+    clip = ClipModel.from_settings(model)
+    direct = clip.encode_images([Image.open(folder / "a.png")])[0]
+    assert out["vector"].shape[1] == clip.dim
+    assert float(out["vector"][0] @ direct) > 0.98  # the same image, resized once more
