@@ -116,8 +116,10 @@ class Embedder:
         """`_embed_items`, plus the active space's model's vectors while the user's space
         still holds a previous model (see `EmbedResult.alt_vector`)."""
         results = await self._embed_items(user, items)
+        if self.core.null:
+            return results
         info = await asyncio.to_thread(self.stores.vectors.info, user)
-        if info is None or info.model == self.core.model_id or self.core.null:
+        if info is None or info.model == self.core.model_id:
             return results
         try:
             model = await asyncio.to_thread(self.core.other_model, info.model, self._lookup)
