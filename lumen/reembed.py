@@ -40,7 +40,9 @@ def fit_square(img: Image.Image, side: int) -> np.ndarray:
     """The image as the model's eval transform sees it: short side to `side`, centre crop."""
     w, h = img.size
     scale = side / min(w, h)
-    img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BICUBIC)
+    img = img.resize(
+        (max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BICUBIC
+    )
     w, h = img.size
     left, top = (w - side) // 2, (h - side) // 2
     return np.asarray(img.crop((left, top, left + side, top + side)).convert("RGB"))
@@ -181,7 +183,7 @@ class Reembedding:
                 ModelPool,
                 fn_constructor_kwargs={"model": self.target.model_dump(mode="json")},
                 batch_size=rx.batch_size,
-                concurrency=actors,
+                compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=rx.cpus_per_actor,
             )
         )
