@@ -231,3 +231,29 @@ def test_a_deploy_with_no_space_on_another_model_starts_nothing(
 
     model_b = model_id_for(upgrade.settings_b.model)
     assert not upgrade_pending(upgrade.stores.spaces, model_b)
+
+
+def test_an_upgrade_to_a_model_that_cannot_load_is_refused_and_the_old_one_keeps_serving(
+    upgrade: Upgrade, tmp_path: Path
+) -> None:
+    """The run command checks the new model before deploying (test_deploy.py covers the
+    messages); here the refused upgrade leaves the running app and its spaces as they were."""
+    import copy
+    import os
+
+    from deploy import check_app_model
+
+    garbage = tmp_path / "broken.safetensors"
+    garbage.write_bytes(os.urandom(4096))
+    broken = copy.deepcopy(upgrade.config_b)
+    broken["applications"][0]["args"]["settings"]["model"]["checkpoint"] = str(garbage)
+    with pytest.raises(SystemExit, match="cannot load its model"):
+        check_app_model(broken)
+    svc = upgrade.service
+    user, h = svc.new_user("keep")
+    upload_zip(svc, h, make_zip({"red.png": _png("red", "circle", 5)}))
+    wait_settled(svc, h, 1)
+    r = search(svc, h, query="a red circle", top_k=1)
+    assert r.status_code == 200 and r.json()["results"][0]["filename"].endswith("red.png")
+    info = upgrade.stores.vectors.info(user)
+    assert info is not None and info.model == model_id_for(upgrade.settings_b.model)
