@@ -11,12 +11,14 @@ import ray
 
 from actors.naming import index_shard_name, named_actor, shard_for
 from lumen.config import Settings
+from lumen.dispatch import Alt, Rows
 from lumen.events import EventKind
 from lumen.metrics import RayMetrics, RayShardMetrics
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotStore
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
+from lumen.upgrade import Vectors, commit_versions
 from lumen.vectors import decode_vectors
 
 
@@ -72,24 +74,37 @@ class IndexShard:
         return repaired
 
     def commit(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
     ) -> dict[str, int]:
-        committed = self.stores.vectors.commit(user, model_id, dim, rows)
+        """Commit the vectors the user's active space takes (`alt`: a previous model's, while
+        an upgrade is in progress; the deployed model's then go to the NEXT space)."""
+        previous = Vectors(*alt) if alt is not None else None
+        used, committed = commit_versions(
+            self.stores.vectors, self.stores.spaces, user, Vectors(model_id, dim, rows), previous
+        )
         if committed:
             vectors = {
-                item: decode_vectors([blob], dim)[0] for item, blob, _ in rows if item in committed
+                item: decode_vectors([blob], used.dim)[0]
+                for item, blob, _ in used.rows
+                if item in committed
             }
-            self.registry.add(user, committed, vectors)
+            self.registry.add(user, committed, vectors, used.model)
         return committed
 
-    def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
-        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k)
+    def search(self, user: str, query: bytes, k: int, model: str | None = None) -> list[SearchHit]:
+        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k, model)
 
     def search_pdf(
-        self, user: str, query_vec: bytes, query: str, k: int, mode: str = "fused"
+        self,
+        user: str,
+        query_vec: bytes,
+        query: str,
+        k: int,
+        mode: str = "fused",
+        model: str | None = None,
     ) -> list[SearchHit]:
         vec = np.frombuffer(query_vec, dtype="<f4")
-        return self.registry.search_pdf(user, vec, query, k, mode)
+        return self.registry.search_pdf(user, vec, query, k, mode, model)
 
     def drop(self, user: str) -> None:
         """Forget the cached index and its snapshot (after a reset in Redis)."""

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from lumen.config import IndexSettings, Settings
-from lumen.errors import ModelMismatch
+from lumen.errors import ModelMismatch, SpaceSwitched
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.metrics import ShardMetrics
 from lumen.pdfsearch import BM25Index, page_index, rank_pages
@@ -91,6 +91,7 @@ class Space:
     dim: int
     images: UserIndex
     pdf_pages: UserIndex
+    model: str = ""  # the model of the vectors (a switch after an upgrade changes it)
     bm25: BM25Index | None = None
     bm25_bytes: int = 0
     # When the first change not yet in a snapshot happened, and the latest (monotonic s).
@@ -149,12 +150,18 @@ class SpaceRegistry:
         Redis counts the user's vectors; a vector is only ever added (commit) or all are
         removed (reset, which also drops the mirror), so a count that differs means the
         mirror missed something (a lost reply, a shard that died mid-commit): rebuild it.
+        A space whose model changed (the switch after an upgrade) is rebuilt too.
         """
         space = self.spaces.get(user)
         if space is None:
             return False
         stored = self.stores.vectors.count(user)
         mirrored = len(space.images)
+        info = self.stores.vectors.info(user)
+        if info is not None and info.model != space.model:
+            self.spaces.pop(user, None)
+            self.load(user)
+            return False  # not a repair: the space moved to another model
         if stored == mirrored:
             return False
         self.spaces.pop(user, None)
@@ -205,7 +212,10 @@ class SpaceRegistry:
                 pdf_vecs = vecs[by_id[np.searchsorted(ids, pdf_ids, sorter=by_id)]]
             del ids, vecs
         space = Space(
-            dim=version.dim, images=images, pdf_pages=new_index(version.dim, self.settings.index)
+            dim=version.dim,
+            images=images,
+            pdf_pages=new_index(version.dim, self.settings.index),
+            model=version.model,
         )
         space.used_at = now
         if pdf_vecs is not None:
@@ -258,10 +268,23 @@ class SpaceRegistry:
     def _worth_a_snapshot(self, n: int) -> bool:
         return self.snapshots is not None and n >= max(1, self.settings.index.snapshot_min_vectors)
 
-    def add(self, user: str, committed: dict[str, int], vectors: dict[str, np.ndarray]) -> None:
-        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated)."""
+    def add(
+        self,
+        user: str,
+        committed: dict[str, int],
+        vectors: dict[str, np.ndarray],
+        model: str | None = None,
+    ) -> None:
+        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated).
+
+        Vectors of another model than the mirror's (committed just after a switch) mean
+        the mirror is of the old space: it is rebuilt from Redis, which holds them already.
+        """
+        space = self.spaces.get(user)
+        if space is not None and model is not None and space.model != model:
+            self.spaces.pop(user, None)
         space = self.load(user)
-        if space is None or not committed:
+        if space is None or not committed or (model is not None and space.model != model):
             return
         items = list(committed)
         ids = np.asarray([committed[i] for i in items], dtype=np.int64)
@@ -404,23 +427,34 @@ class SpaceRegistry:
             ],
         }
 
-    def search(self, user: str, query: np.ndarray, k: int) -> list[SearchHit]:
+    def search(
+        self, user: str, query: np.ndarray, k: int, model: str | None = None
+    ) -> list[SearchHit]:
+        """Best items for `query`, a vector of `model` (checked against the space's model)."""
         self.converge(user)
         space = self.load(user)
         if space is None or len(space.images) == 0:
             return []
+        self._check_model(space, model)
         self._check_dim(user, query)
         hits = space.images.search(query.reshape(1, -1), k)[0]
         return self._hits(user, [(h.id, h.score) for h in hits])
 
     def search_pdf(
-        self, user: str, query_vec: np.ndarray, query: str, k: int, mode: str = "fused"
+        self,
+        user: str,
+        query_vec: np.ndarray,
+        query: str,
+        k: int,
+        mode: str = "fused",
+        model: str | None = None,
     ) -> list[SearchHit]:
         """Best PDF pages: `fused` (CLIP + page text), or `text` / `image` alone."""
         self.converge(user)
         space = self.load(user)
         if space is None or len(space.pdf_pages) == 0:
             return []
+        self._check_model(space, model)
         self._check_dim(user, query_vec)
         n = len(space.pdf_pages)
         clip_hits = space.pdf_pages.search(query_vec.reshape(1, -1), n)[0]
@@ -436,6 +470,13 @@ class SpaceRegistry:
             SearchHit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score)
             for h in fused
         ]
+
+    @staticmethod
+    def _check_model(space: Space, model: str | None) -> None:
+        if model is not None and space.model and model != space.model:
+            raise SpaceSwitched(
+                f"this space now holds model {space.model}, not {model}: search again"
+            )
 
     def _check_dim(self, user: str, query: np.ndarray) -> None:
         space = self.spaces.get(user)
