@@ -21,13 +21,15 @@ are only scored.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
 import tempfile
+import shutil
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ from lumen.ingest.pdf import render_pdf  # noqa: E402
 
 CACHE = ROOT / ".cache" / "pdf_eval"
 QUESTIONS = ROOT / "bench" / "pdf_eval_questions.json"
+RENDERER = ROOT / "lumen" / "ingest" / "pdf.py"
 
 
 @dataclass(frozen=True)
@@ -107,28 +110,49 @@ class Page:
     headings: str
     source: str
     image: Path
+    section: str = ""
 
 
-def render_all(workdir: Path) -> tuple[list[Page], dict[str, float]]:
+def render_all(workdir: Path, *, cached: bool) -> tuple[list[Page], dict[str, float]]:
+    """Every document through `render_pdf`; with `cached`, reuse an earlier render made
+    from the same PDF by the same `lumen/ingest/pdf.py` (kept under `.cache/pdf_eval/render`).
+    """
     limits = LimitSettings()
     pages: list[Page] = []
     seconds: dict[str, float] = {}
     for name, source in DOCS.items():
         pdf = fetch(name, source)
+        key = hashlib.sha256(pdf.read_bytes() + RENDERER.read_bytes()).hexdigest()[:16]
+        store = CACHE / "render" / f"{name}-{key}"
+        if cached and (store / "pages.json").exists():
+            got = json.loads((store / "pages.json").read_text())
+            seconds[name] = got["seconds"]
+            pages += [Page(**{**p, "image": store / p["image"]}) for p in got["pages"]]
+            continue
         started = time.perf_counter()
         rendered = render_pdf(pdf, workdir, name, limits)
         seconds[name] = time.perf_counter() - started
-        for p in rendered:
-            pages.append(
-                Page(
-                    name,
-                    p.page_number,
-                    p.text,
-                    getattr(p, "headings", ""),
-                    getattr(p, "text_source", "text"),
-                    p.path,
-                )
+        doc_pages = [
+            Page(
+                name,
+                p.page_number,
+                p.text,
+                getattr(p, "headings", ""),
+                getattr(p, "text_source", "text"),
+                p.path,
+                getattr(p, "section", ""),
             )
+            for p in rendered
+        ]
+        pages += doc_pages
+        if cached:
+            shutil.rmtree(store, ignore_errors=True)
+            store.mkdir(parents=True)
+            rows = []
+            for p in doc_pages:
+                shutil.copy(p.image, store / p.image.name)
+                rows.append({**asdict(p), "image": p.image.name})
+            (store / "pages.json").write_text(json.dumps({"seconds": seconds[name], "pages": rows}))
     return pages, seconds
 
 
@@ -175,12 +199,15 @@ def main() -> None:
     parser.add_argument("--split", choices=("tune", "check", "all"), default="all")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--misses", choices=MODES, help="print the misses of this mode")
+    parser.add_argument(
+        "--fresh", action="store_true", help="render again instead of reusing the render cache"
+    )
     args = parser.parse_args()
 
     spec = json.loads(QUESTIONS.read_text())["questions"]
     questions = [q for q in spec if args.split == "all" or q["split"] == args.split]
     with tempfile.TemporaryDirectory() as tmp:
-        pages, render_s = render_all(Path(tmp))
+        pages, render_s = render_all(Path(tmp), cached=not args.fresh)
         items = {item_name(p.doc, p.number): p for p in pages}
         keys = list(items)
         sims = clip_scores(pages, [q["question"] for q in questions])

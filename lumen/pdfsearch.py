@@ -38,8 +38,10 @@ The text score of a page (issue 16; figures in docs/retrieval.md) is
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +62,27 @@ PROXIMITY_WINDOW = 8
 LIST_PAGE_FACTOR = 0.35
 _PROXIMITY_CANDIDATES = 50  # pages (best by BM25) that get the proximity bonus computed
 
-_WORD = re.compile(r"\w+")
+# A word, or a run of operator characters ("++", "+=", "->", "!="): manuals are asked
+# about operators ("why is there no i++"), which a word tokenizer drops.
+_TOKEN = re.compile(r"\w+|[-+*/=<>!&|^%~:]{2,3}")
+_OPERATOR = re.compile(r"[-+*/=<>!&|^%~:]+")
+_BORING_OPERATORS = frozenset({"--", "---", "::", ":::"})  # dashes and rules in prose
+# A word broken across lines by a hyphen ("direc-\ntory"): typeset manuals do this often.
+_LINE_HYPHEN = re.compile(r"(?<=[a-z])-\s*\n\s*(?=[a-z])")
+# British spellings folded onto American ones, on both the page and the query side, so
+# "colour" meets "color" and "initialise" meets "initialize" (Snowball stems neither).
+_SPELLING = (
+    (re.compile(r"^(\w{3,})our(s|ed|ing|ful|less)?$"), r"\1or\2"),  # colour, behaviour
+    (re.compile(r"^(\w{3,})is(e|es|ed|ing|ation|ations|er|ers)$"), r"\1iz\2"),  # initialise
+    (re.compile(r"^(\w{2,})ys(e|es|ed|ing)$"), r"\1yz\2"),  # analyse
+    (re.compile(r"^(cent|met|lit|fib|theat)re(s|d)?$"), r"\1er\2"),  # centre, metre
+    (re.compile(r"^grey(s|ed|ish)?$"), r"gray\1"),
+)
+# Question phrasings folded onto the words a manual uses for the same thing.
+_QUESTION_PHRASES = (
+    (re.compile(r"\bhow\s+many\b"), "number"),
+    (re.compile(r"\bhow\s+much\b"), "amount"),
+)
 _STOPWORD_TEXT = """
     a an and are as at be been but by can could do does for from had has have how i if in
     into is it its me my no not of on or our should so than that the their them then there
@@ -76,10 +98,37 @@ _DOTTED_LEADER = re.compile(r"(?:\.\s?){4,}")
 _PAGE_ITEM = re.compile(r"^(?P<stem>.*_page_)(?P<number>\d+)(?P<ext>\.\w+)$")
 
 
+def normalize(text: str) -> str:
+    """Text as the tokenizer reads it: NFKC (typeset ligatures such as "ﬁ" become "fi"),
+    lowercased, words broken by a hyphen at a line end joined again."""
+    return _LINE_HYPHEN.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+@functools.lru_cache(maxsize=65536)
+def _term(word: str) -> str:
+    """The index term of one lowercased word ("" for a stopword): spelling folded, stemmed."""
+    if len(word) >= 5 and word.isalpha():
+        for pattern, replacement in _SPELLING:
+            folded, n = pattern.subn(replacement, word)
+            if n:
+                word = folded
+                break
+    if word in STOPWORDS or word in _BORING_OPERATORS:
+        return ""
+    return str(_STEMMER.stemWord(word))
+
+
 def tokenize(text: str) -> list[str]:
-    """Lowercased unicode words, stopwords dropped, Snowball English stems."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
-    return list(_STEMMER.stemWords(words))
+    """Normalised words and operators, stopwords dropped, Snowball English stems."""
+    return [t for t in map(_term, _TOKEN.findall(normalize(text))) if t]
+
+
+def tokenize_query(query: str) -> list[str]:
+    """`tokenize` after question phrasings are folded ("how many" asks for a number)."""
+    text = normalize(query)
+    for pattern, replacement in _QUESTION_PHRASES:
+        text = pattern.sub(replacement, text)
+    return tokenize(text)
 
 
 @dataclass(frozen=True)
@@ -182,7 +231,7 @@ class BM25Index:
 
     def scores(self, query: str) -> dict[str, float]:
         """Text score of every page matching at least one query term (others are absent)."""
-        terms = list(dict.fromkeys(tokenize(query)))
+        terms = list(dict.fromkeys(tokenize_query(query)))
         body = self._body.scores(terms)
         if body is None or not self._items:
             return {}
@@ -218,7 +267,7 @@ class BM25Index:
     def reference_score(self, query: str) -> float:
         """BM25 of an average-length page holding each query word once: the sum of idfs."""
         return sum(
-            self._idf_of(self._doc_freq.get(term, 0)) for term in dict.fromkeys(tokenize(query))
+            self._idf_of(self._doc_freq.get(term, 0)) for term in dict.fromkeys(tokenize_query(query))
         )
 
     def relevance(self, query: str) -> dict[str, float]:
