@@ -176,11 +176,15 @@ def item_name(doc: str, number: int) -> str:
     return f"{doc}_page_{number:03d}.jpg"
 
 
+def _page_text(page: Page) -> object:
+    if "section" in getattr(pdfsearch.PageText, "__dataclass_fields__", {}):
+        return pdfsearch.PageText(page.text, page.headings, page.section)
+    return pdfsearch.PageText(page.text, page.headings)
+
+
 def build_index(pages: dict[str, Page]) -> object:
     if hasattr(pdfsearch, "PageText"):
-        return pdfsearch.BM25Index(
-            {item: pdfsearch.PageText(p.text, p.headings) for item, p in pages.items()}
-        )
+        return pdfsearch.BM25Index({item: _page_text(p) for item, p in pages.items()})
     return pdfsearch.BM25Index({item: p.text for item, p in pages.items()})  # before #16
 
 

@@ -57,6 +57,8 @@ TEXT_WEIGHT = 0.6  # chosen by the evaluation in tests/unit/test_pdfsearch.py
 HEADING_WEIGHT = 0.6
 LEAD_IN_WEIGHT = 0.3
 LEAD_IN_WORDS = 40
+SECTION_WEIGHT = 0.3
+SECTION_LOOKBACK = 10  # pages searched back for the heading a page sits under
 PROXIMITY_WEIGHT = 0.25
 PROXIMITY_WINDOW = 8
 LIST_PAGE_FACTOR = 0.35
@@ -133,10 +135,12 @@ def tokenize_query(query: str) -> list[str]:
 
 @dataclass(frozen=True)
 class PageText:
-    """What the text side knows about a page: its text and the headings on it."""
+    """What the text side knows about a page: its text, the headings on it and the heading
+    path it sits under (`section`, from the PDF's outline; "" when the PDF has none)."""
 
     text: str
     headings: str = ""
+    section: str = ""
 
 
 def is_list_page(text: str) -> bool:
@@ -209,6 +213,9 @@ class BM25Index:
         self._body = _Field(bodies, k1, b)
         self._headings = _Field([tokenize(p.headings) for p in page_texts], k1, b)
         self._lead_in = _Field(lead_ins, k1, b)
+        self._section = _Field(
+            [tokenize(s) for s in _sections(self._items, page_texts, position)], k1, b
+        )
         self._list_page = np.array([is_list_page(p.text or "") for p in page_texts], dtype=bool)
         self._has_text = self._lengths > 0
         doc_freq: dict[str, int] = {}
@@ -236,7 +243,11 @@ class BM25Index:
         if body is None or not self._items:
             return {}
         total = body.copy()
-        for field, weight in ((self._headings, HEADING_WEIGHT), (self._lead_in, LEAD_IN_WEIGHT)):
+        for field, weight in (
+            (self._headings, HEADING_WEIGHT),
+            (self._lead_in, LEAD_IN_WEIGHT),
+            (self._section, SECTION_WEIGHT),
+        ):
             extra = field.scores(terms)
             if extra is not None:
                 total += weight * extra
@@ -267,7 +278,8 @@ class BM25Index:
     def reference_score(self, query: str) -> float:
         """BM25 of an average-length page holding each query word once: the sum of idfs."""
         return sum(
-            self._idf_of(self._doc_freq.get(term, 0)) for term in dict.fromkeys(tokenize_query(query))
+            self._idf_of(self._doc_freq.get(term, 0))
+            for term in dict.fromkeys(tokenize_query(query))
         )
 
     def relevance(self, query: str) -> dict[str, float]:
@@ -293,6 +305,29 @@ def rank_pages(
     text = index.relevance_of(query, raw)
     weight = {"text": 1.0, "image": 0.0}.get(mode, TEXT_WEIGHT)
     return fuse(clip_scores, text, k=k, text_weight=weight, tiebreak=raw)
+
+
+def _sections(items: list[str], pages: list[PageText], position: Mapping[str, int]) -> list[str]:
+    """The heading path each page sits under: its outline `section` when the PDF has one,
+    else the last heading on the nearest page before it (within SECTION_LOOKBACK pages)."""
+    out: list[str] = []
+    for item, page in zip(items, pages, strict=True):
+        if page.section:
+            out.append(page.section)
+            continue
+        inherited = ""
+        before = previous_page_item(item)
+        for _ in range(SECTION_LOOKBACK):
+            at = position.get(before) if before is not None else None
+            if at is None:
+                break
+            heads = [h for h in pages[at].headings.splitlines() if h.strip()]
+            if heads:
+                inherited = heads[-1]
+                break
+            before = previous_page_item(items[at])
+        out.append(inherited)
+    return out
 
 
 def _page_text(page: str | PageText) -> PageText:
@@ -324,9 +359,14 @@ def _closeness(hits: list[tuple[int, int]], idf: Mapping[int, float], total: flo
 
 
 def page_index(texts: Mapping[str, str], metas: Iterable[Mapping[str, Any] | None]) -> BM25Index:
-    """The index over stored page texts and their metadata (`headings` when recorded)."""
+    """The index over stored page texts and their metadata (`headings`, `section` when
+    recorded)."""
     pages = {
-        item: PageText(text, str((meta or {}).get("headings") or ""))
+        item: PageText(
+            text,
+            str((meta or {}).get("headings") or ""),
+            str((meta or {}).get("section") or ""),
+        )
         for item, meta in zip(texts, metas, strict=True)
         for text in (texts[item],)
     }
