@@ -109,7 +109,7 @@ def normalize(text: str) -> str:
 @functools.lru_cache(maxsize=65536)
 def _term(word: str) -> str:
     """The index term of one lowercased word ("" for a stopword): spelling folded, stemmed."""
-    if len(word) >= 5 and word.isalpha():
+    if len(word) >= 4 and word.isalpha():
         for pattern, replacement in _SPELLING:
             folded, n = pattern.subn(replacement, word)
             if n:
