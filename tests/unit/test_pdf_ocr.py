@@ -22,8 +22,8 @@ from lumen.ingest.pdf import (
     heading_text,
     needs_ocr,
     numbered_headings,
-    outline_sections,
     ocr_note,
+    outline_sections,
     render_pdf,
 )
 from tests.support.hostile import make_pdf
