@@ -96,6 +96,9 @@ _STEMMER = Stemmer.Stemmer("english")
 # A line that ends in a page number or a range/list of them: "Maps as Lists . . . 7",
 # "parfor, 12, 13"; a number glued to a word ("v4", a figure label) does not count.
 _LIST_LINE = re.compile(r"(?:^|[\s.])\d+(?:\s*[,–-]\s*\d+)*\s*$")
+# ... but not a line of code, a formula or program output ending in a value: "r_2: ... = 0"
+_VALUE_LINE = re.compile(r"[=<>+*/^(\[]\s*-?\d[\d\s,.]*$")
+_HAS_LETTER = re.compile(r"[^\W\d_]")  # a contents or index line names something
 _DOTTED_LEADER = re.compile(r"(?:\.\s?){4,}")
 _PAGE_ITEM = re.compile(r"^(?P<stem>.*_page_)(?P<number>\d+)(?P<ext>\.\w+)$")
 
@@ -148,7 +151,11 @@ def is_list_page(text: str) -> bool:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) < 8:
         return False
-    numbered = sum(1 for ln in lines if _LIST_LINE.search(ln) and not ln.isdigit())
+    numbered = sum(
+        1
+        for ln in lines
+        if _LIST_LINE.search(ln) and _HAS_LETTER.search(ln) and not _VALUE_LINE.search(ln)
+    )
     leaders = len(_DOTTED_LEADER.findall(text))
     return leaders >= 8 or numbered >= max(8, 0.45 * len(lines))
 

@@ -365,3 +365,12 @@ def test_a_page_inherits_the_section_it_sits_under() -> None:
     outlined = BM25Index(pages).scores("sizing the blocks of parallel work")
     assert outlined["s_page_004.jpg"] > scores["s_page_004.jpg"]
     assert outlined["s_page_004.jpg"] > outlined["s_page_002.jpg"] * 0.9
+
+
+def test_code_and_program_output_ending_in_values_are_not_list_pages() -> None:
+    # an LP listing and a program's numeric output end their lines in numbers too
+    listing = "\n".join(f"r_{i}: + x({i},9) + x({i},12) <= 1" for i in range(1, 13))
+    output = "\n".join(["Minimal project duration is 46.00"] + ["1", "0.00", "3.00"] * 5)
+    assert not is_list_page(listing)
+    assert not is_list_page(output)
+    assert is_list_page(TOC_PAGE) and is_list_page(INDEX_PAGE)
