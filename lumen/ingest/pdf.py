@@ -345,9 +345,8 @@ def outline_sections(outline: list[tuple[int, str, int]], count: int) -> list[st
     open_path: list[tuple[int, str]] = []
     for number in range(1, count + 1):
         here = starts.get(number, [])
-        titles = [t for _, t in open_path] + [
-            t for entry in here if entry not in open_path for t in entry[1:]
-        ]
+        entered = [title for level, title in here if (level, title) not in open_path]
+        titles = [title for _, title in open_path] + entered
         sections.append(" / ".join(dict.fromkeys(titles))[:MAX_SECTION_CHARS])
         for level, title in here:
             open_path = [e for e in open_path if e[0] < level] + [(level, title)]
