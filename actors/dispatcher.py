@@ -18,6 +18,7 @@ from lumen.health import LiveReplicas
 from lumen.metrics import RayMetrics
 from lumen.naming import EMBEDDER
 from lumen.storage import Stores
+from lumen.vectors import CommitRow
 from lumen.worker import EmbedResult
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class _ShardCommit:
         self.shards: dict[int, ray.actor.ActorHandle] = {}
 
     async def commit(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
     ) -> dict[str, int]:
         n = shard_for(user, self.settings.queue.index_shards)
         if n not in self.shards:

@@ -17,7 +17,7 @@ from lumen.search import SearchHit
 from lumen.snapshots import SnapshotStore
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
-from lumen.vectors import decode_vectors
+from lumen.vectors import CommitRow, decode_vectors
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -71,19 +71,16 @@ class IndexShard:
         self.registry.flush()
         return repaired
 
-    def commit(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
-    ) -> dict[str, int]:
+    def commit(self, user: str, model_id: str, dim: int, rows: list[CommitRow]) -> dict[str, int]:
         committed = self.stores.vectors.commit(user, model_id, dim, rows)
         if committed:
-            vectors = {
-                item: decode_vectors([blob], dim)[0] for item, blob, _ in rows if item in committed
-            }
-            self.registry.add(user, committed, vectors)
+            vectors = {row[0]: decode_vectors([row[1]], dim)[0] for row in rows}
+            read = {row[0] for row in rows if len(row) > 3 and row[3]}
+            self.registry.add(user, committed, vectors, words=read & committed.keys())
         return committed
 
-    def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
-        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k)
+    def search(self, user: str, query: bytes, k: int, text: str | None = None) -> list[SearchHit]:
+        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k, text)
 
     def search_pdf(
         self, user: str, query_vec: bytes, query: str, k: int, mode: str = "fused"

@@ -57,8 +57,10 @@ class ShardClient:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
-        return await self.handle.search.remote(user, query, k)
+    async def search(
+        self, user: str, query: bytes, k: int, text: str | None = None
+    ) -> list[SearchHit]:
+        return await self.handle.search.remote(user, query, k, text)
 
     async def search_pdf(
         self, user: str, query: bytes, text: str, k: int, mode: str

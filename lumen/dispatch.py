@@ -26,6 +26,7 @@ from lumen.errors import ModelMismatch
 from lumen.events import EventKind
 from lumen.metrics import Metrics
 from lumen.states import ItemState
+from lumen.vectors import CommitRow
 from lumen.worker import EmbedResult
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Embed(Protocol):
 
 class Commit(Protocol):
     async def commit(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
     ) -> dict[str, int]: ...
 
 
@@ -346,7 +347,11 @@ class DispatchCore:
         for r in results:
             by_model[(r.model_id, r.dim)].append(r)
         for (model_id, dim), group in by_model.items():
-            rows = [(r.item, r.vector, r.caption) for r in group if r.vector is not None]
+            rows: list[CommitRow] = [
+                (r.item, r.vector, r.caption, r.words, r.ocr_note)
+                for r in group
+                if r.vector is not None
+            ]
             try:
                 committed = await self._commit_with_retries(user, model_id, dim, rows)
             except ModelMismatch as exc:  # retrying cannot help: the items error out with why
@@ -358,7 +363,7 @@ class DispatchCore:
                 self.metrics.items_done(len(committed))
 
     async def _commit_with_retries(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
     ) -> dict[str, int]:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:

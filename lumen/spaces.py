@@ -26,6 +26,7 @@ from lumen.errors import ModelMismatch
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.metrics import ShardMetrics
 from lumen.pdfsearch import BM25Index, page_index, rank_pages
+from lumen.photosearch import CANDIDATES, fuse_photos, matching_words, words_index
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotRejected, SnapshotStore, Version, read_version, vectors_of
 from lumen.storage import Stores
@@ -86,20 +87,24 @@ def bm25_bytes(pages: Mapping[str, str]) -> int:
 
 @dataclass
 class Space:
-    """One user's vectors: all items, and PDF pages alone for PDF questions."""
+    """One user's vectors: all items, and PDF pages alone for PDF questions; BM25 over PDF
+    page texts and over the words OCR read in photos, each built on first use."""
 
     dim: int
     images: UserIndex
     pdf_pages: UserIndex
     bm25: BM25Index | None = None
     bm25_bytes: int = 0
+    words: BM25Index | None = None
+    words_bytes: int = 0
     # When the first change not yet in a snapshot happened, and the latest (monotonic s).
     dirty_since: float | None = None
     changed_at: float = 0.0
     used_at: float = 0.0
 
     def nbytes(self) -> int:
-        return index_bytes(self.images) + index_bytes(self.pdf_pages) + self.bm25_bytes
+        held = index_bytes(self.images) + index_bytes(self.pdf_pages)
+        return held + self.bm25_bytes + self.words_bytes
 
     def changed(self, now: float) -> None:
         if self.dirty_since is None:
@@ -258,8 +263,15 @@ class SpaceRegistry:
     def _worth_a_snapshot(self, n: int) -> bool:
         return self.snapshots is not None and n >= max(1, self.settings.index.snapshot_min_vectors)
 
-    def add(self, user: str, committed: dict[str, int], vectors: dict[str, np.ndarray]) -> None:
-        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated)."""
+    def add(
+        self,
+        user: str,
+        committed: dict[str, int],
+        vectors: dict[str, np.ndarray],
+        words: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
+        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated);
+        `words`: items committed with OCR words (the words index is rebuilt on next use)."""
         space = self.load(user)
         if space is None or not committed:
             return
@@ -272,6 +284,9 @@ class SpaceRegistry:
             space.pdf_pages.upsert(ids[pdf], vecs[pdf])
             space.bm25 = None
             space.bm25_bytes = 0
+        if words:
+            space.words = None
+            space.words_bytes = 0
         if self._worth_a_snapshot(len(space.images)):
             space.changed(self.clock())
         self._enforce_budget(keep=user)
@@ -404,14 +419,67 @@ class SpaceRegistry:
             ],
         }
 
-    def search(self, user: str, query: np.ndarray, k: int) -> list[SearchHit]:
+    def search(
+        self, user: str, query: np.ndarray, k: int, text: str | None = None
+    ) -> list[SearchHit]:
+        """The `k` items nearest `query`; with the query's `text`, fused with the words OCR
+        read in photos (lumen.photosearch)."""
         self.converge(user)
         space = self.load(user)
         if space is None or len(space.images) == 0:
             return []
         self._check_dim(user, query)
-        hits = space.images.search(query.reshape(1, -1), k)[0]
-        return self._hits(user, [(h.id, h.score) for h in hits])
+        relevance = self._words(user, space).relevance(text) if text else {}
+        if not relevance:
+            hits = space.images.search(query.reshape(1, -1), k)[0]
+            return self._hits(user, [(h.id, h.score) for h in hits])
+        return self._fused(user, space, query, text or "", relevance, k)
+
+    def _words(self, user: str, space: Space) -> BM25Index:
+        if space.words is None:
+            words = self.stores.vectors.ocr_words(user)
+            space.words = words_index(words)
+            space.words_bytes = bm25_bytes(words)
+            self._enforce_budget(keep=user)
+        return space.words
+
+    def _fused(
+        self,
+        user: str,
+        space: Space,
+        query: np.ndarray,
+        text: str,
+        relevance: dict[str, float],
+        k: int,
+    ) -> list[SearchHit]:
+        depth = min(len(space.images), max(k, CANDIDATES))
+        hits = space.images.search(query.reshape(1, -1), depth)[0]
+        items = self.stores.vectors.items_for(user, [h.id for h in hits])
+        ids = {item: h.id for item, h in zip(items, hits, strict=True) if item}
+        clip = {item: h.score for item, h in zip(items, hits, strict=True) if item}
+        beyond = [item for item in relevance if item not in clip]  # matched words, far in CLIP
+        for item, vid in zip(beyond, self.stores.vectors.ids_for(user, beyond), strict=True):
+            if vid is not None and space.images.contains(vid):
+                ids[item] = vid
+        far = [item for item in beyond if item in ids]
+        if far:
+            vecs = vectors_of(space.images, np.asarray([ids[i] for i in far], dtype=np.int64))
+            clip.update(zip(far, (vecs @ query.astype(np.float32)).tolist(), strict=True))
+        fused = fuse_photos(clip, relevance, k)
+        described = self.stores.vectors.describe(user, [ids[h.item] for h in fused])
+        read = [h.item for h in fused if "text" in h.matched]
+        words = dict(zip(read, self.stores.vectors.ocr_words_of(user, read), strict=True))
+        return [
+            SearchHit(
+                h.item,
+                h.similarity,
+                caption,
+                fused=h.score,
+                matched=h.matched,
+                words=matching_words(words.get(h.item, ""), text),
+            )  # fmt: skip
+            for h, (_, caption) in zip(fused, described, strict=True)
+        ]
 
     def search_pdf(
         self, user: str, query_vec: np.ndarray, query: str, k: int, mode: str = "fused"
@@ -448,7 +516,7 @@ class SpaceRegistry:
     def _hits(self, user: str, pairs: list[tuple[int, float]]) -> list[SearchHit]:
         described = self.stores.vectors.describe(user, [vid for vid, _ in pairs])
         return [
-            SearchHit(item, float(score), caption)
+            SearchHit(item, float(score), caption, matched=("image",))
             for (item, caption), (_, score) in zip(described, pairs, strict=True)
             if item
         ]

@@ -32,7 +32,6 @@ import io
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import signal
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from lumen.errors import InvalidUpload, LimitExceeded
 from lumen.ingest.archive import safe_stem
+from lumen.ocr import OCR_FAILED_NOTE, OCR_TIMEOUT_NOTE, OCR_UNAVAILABLE_NOTE, ocr_page
 
 if TYPE_CHECKING:
     from lumen.config import LimitSettings
@@ -67,12 +67,8 @@ HEADING_SIZE_RATIO = 1.15  # a line this much larger than the body text is a hea
 MAX_HEADING_CHARS = 400
 MAX_HEADING_WORDS = 14  # a bold line longer than this is emphasis, not a heading
 _BOLD_FLAG = 16  # PyMuPDF span flag
-_OCR_LANG = re.compile(r"^[A-Za-z_]+(?:\+[A-Za-z_]+)*$")
 
 TEXT_SOURCES = ("text", "ocr", "none")
-OCR_TIMEOUT_NOTE = "ocr_timeout"
-OCR_FAILED_NOTE = "ocr_failed"
-OCR_UNAVAILABLE_NOTE = "ocr_unavailable"
 
 
 @dataclass(frozen=True)
@@ -353,30 +349,6 @@ def _line_styles(page: Any) -> list[tuple[float, bool, str]]:
 def needs_ocr(text: str) -> bool:
     """True when the text layer is (nearly) empty: a scanned or image-only page."""
     return sum(ch.isalnum() for ch in text) < OCR_MIN_WORD_CHARS
-
-
-def ocr_page(image: Any, lang: str, timeout_s: float) -> tuple[str, str]:
-    """(text, note) read by Tesseract from a page bitmap; never raises.
-
-    `note` is "" on success, else OCR_TIMEOUT_NOTE, OCR_UNAVAILABLE_NOTE or OCR_FAILED_NOTE.
-    """
-    if timeout_s <= 0:
-        return "", OCR_TIMEOUT_NOTE
-    if not _OCR_LANG.match(lang):
-        return "", OCR_FAILED_NOTE
-    try:
-        import pytesseract
-
-        text = pytesseract.image_to_string(image, lang=lang, timeout=timeout_s)
-    except ImportError:
-        return "", OCR_UNAVAILABLE_NOTE
-    except Exception as exc:  # noqa: BLE001 (OCR never fails a page)
-        if type(exc).__name__ == "TesseractNotFoundError":
-            return "", OCR_UNAVAILABLE_NOTE
-        if "timeout" in str(exc).lower():
-            return "", OCR_TIMEOUT_NOTE
-        return "", OCR_FAILED_NOTE
-    return str(text).strip(), ""
 
 
 def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:

@@ -11,6 +11,7 @@ from typing import Any
 from lumen.dispatch import WorkerDied
 from lumen.errors import ModelMismatch
 from lumen.states import ItemState
+from lumen.vectors import CommitRow
 from lumen.worker import EmbedResult
 
 
@@ -178,13 +179,13 @@ class FakeIndex:
     calls: int = 0
 
     async def commit(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
     ) -> dict[str, int]:
         self.calls += 1
         if self.model is not None and self.model != model_id:
             raise ModelMismatch(f"this space holds {self.model} vectors")
         self.model = model_id
-        items = [item for item, _, _ in rows]
+        items = [row[0] for row in rows]
         self.queue.finish(user, items)
         answer = {}
         for item in items:

@@ -36,7 +36,9 @@ class FakeIndex:
         self.hits = hits
         self.asked: list[tuple[str, np.ndarray, int, str | None]] = []
 
-    async def search(self, user: str, query: bytes, k: int) -> list[SearchHit]:
+    async def search(
+        self, user: str, query: bytes, k: int, text: str | None = None
+    ) -> list[SearchHit]:
         self.asked.append((user, np.frombuffer(query, dtype="<f4"), k, None))
         return self.hits[:k]
 
