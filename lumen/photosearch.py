@@ -2,7 +2,7 @@
 
 The image side ranks the user's items by CLIP cosine; the text side scores the words OCR
 read in photos (lumen.ocr) with the same BM25 the PDF pages use (`BM25Index` without page
-structure): relevance is the share of the query's idf a photo's words hold, capped at 1.
+structure): `relevance` is the share of the query's idf a photo's words hold, capped at 1.
 
     fused = (1 - TEXT_WEIGHT) * minmax(clip cosine) + TEXT_WEIGHT * relevance ** 2
 
@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lumen.pdfsearch import BM25Index, fuse, tokenize
+from lumen.pdfsearch import K1, BM25Index, fuse, tokenize
 
 TEXT_WEIGHT = 0.6
 CANDIDATES = 100  # the image side's depth when words match too
@@ -46,6 +46,21 @@ class PhotoHit:
 def words_index(words: Mapping[str, str]) -> BM25Index:
     """BM25 over photos' OCR words (item -> words)."""
     return BM25Index(dict(words), page_structure=False)
+
+
+def relevance(index: BM25Index, query: str) -> dict[str, float]:
+    """item -> how much of the query a photo's words hold, 0..1 (absent: none).
+
+    The share of the query's idf (`reference_score`) its BM25 score reaches, capped at 1.
+    bm25s's Lucene BM25 scores one occurrence in a text of average length at
+    idf / (1 + k1), so the score is scaled by (1 + k1) first: a photo that shows each
+    query word once is a full match.
+    """
+    reference = index.reference_score(query)
+    if reference <= 0:
+        return {}
+    scores = index.scores(query)
+    return {item: min(1.0, s * (1.0 + K1) / reference) for item, s in scores.items()}
 
 
 def fuse_photos(

@@ -26,7 +26,7 @@ from lumen.errors import ModelMismatch
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.metrics import ShardMetrics
 from lumen.pdfsearch import BM25Index, page_index, rank_pages
-from lumen.photosearch import CANDIDATES, fuse_photos, matching_words, words_index
+from lumen.photosearch import CANDIDATES, fuse_photos, matching_words, relevance, words_index
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotRejected, SnapshotStore, Version, read_version, vectors_of
 from lumen.storage import Stores
@@ -429,11 +429,11 @@ class SpaceRegistry:
         if space is None or len(space.images) == 0:
             return []
         self._check_dim(user, query)
-        relevance = self._words(user, space).relevance(text) if text else {}
-        if not relevance:
+        matched = relevance(self._words(user, space), text) if text else {}
+        if not matched:
             hits = space.images.search(query.reshape(1, -1), k)[0]
             return self._hits(user, [(h.id, h.score) for h in hits])
-        return self._fused(user, space, query, text or "", relevance, k)
+        return self._fused(user, space, query, text or "", matched, k)
 
     def _words(self, user: str, space: Space) -> BM25Index:
         if space.words is None:

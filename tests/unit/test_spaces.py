@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from lumen.config import IndexSettings, Settings
 from lumen.index import IndexKind
@@ -37,6 +38,7 @@ class FakeVectors:
 
     def __init__(self) -> None:
         self.rows: dict[int, tuple[str, np.ndarray]] = {}
+        self.words: dict[str, str] = {}  # item -> OCR words
         self.seq = 0
 
     def put(self, vid: int, item: str, vector: np.ndarray) -> None:
@@ -65,6 +67,12 @@ class FakeVectors:
 
     def describe(self, user: str, ids: list[int]) -> list[tuple[str | None, str]]:
         return [(self.rows[i][0], "") if i in self.rows else (None, "") for i in ids]
+
+    def ocr_words(self, user: str) -> dict[str, str]:
+        return dict(self.words)
+
+    def ocr_words_of(self, user: str, items: list[str]) -> list[str]:
+        return [self.words.get(i, "") for i in items]
 
 
 class FakeStores:
@@ -99,3 +107,36 @@ def test_a_mirror_in_step_with_redis_is_left_alone() -> None:
     stores.vectors.put(1, "uploads/u/a.jpg", vectors(1)[0])
     space = registry.load("u")
     assert registry.converge_all() == [] and registry.spaces["u"] is space
+
+
+def test_a_text_query_finds_a_photo_by_its_words_even_far_down_the_clip_ranking() -> None:
+    stores = FakeStores()
+    registry = SpaceRegistry(Settings(), stores)  # type: ignore[arg-type]
+    vecs = vectors(300)
+    query = vecs[0]
+    far = int(np.argmin(vecs @ query))  # the photo CLIP likes least of all
+    for vid in range(300):
+        stores.vectors.put(vid + 1, f"uploads/u/{vid}.jpg", vecs[vid])
+    stores.vectors.words[f"uploads/u/{far}.jpg"] = "PARKING 5 EUR"
+    registry.load("u")
+
+    hits = registry.search("u", query, 3, text="parking 5 eur")
+
+    assert [h.item for h in hits] == [f"uploads/u/{far}.jpg", "uploads/u/0.jpg", hits[2].item]
+    assert (hits[0].matched, hits[0].words) == (("text",), ("PARKING", "5", "EUR"))
+    assert hits[0].similarity == pytest.approx(float(vecs[far] @ query), abs=1e-5)
+    assert hits[1].matched == ("image",) and hits[1].words == ()
+
+
+def test_new_words_reach_the_words_index_after_a_commit() -> None:
+    stores = FakeStores()
+    registry = SpaceRegistry(Settings(), stores)  # type: ignore[arg-type]
+    vecs = vectors(2)
+    stores.vectors.put(1, "uploads/u/a.jpg", vecs[0])
+    registry.load("u")
+    assert registry.search("u", vecs[0], 2, text="exit")[0].matched == ("image",)
+    stores.vectors.put(2, "uploads/u/b.jpg", vecs[1])
+    stores.vectors.words["uploads/u/b.jpg"] = "EXIT"
+    registry.add("u", {"uploads/u/b.jpg": 2}, {"uploads/u/b.jpg": vecs[1]}, {"uploads/u/b.jpg"})
+    hits = registry.search("u", vecs[0], 1, text="exit")
+    assert [(h.item, h.matched) for h in hits] == [("uploads/u/b.jpg", ("text",))]
