@@ -16,7 +16,7 @@ from lumen.config import Settings
 from lumen.errors import Busy
 from lumen.executors import BoundedExecutor
 from lumen.naming import worker_id
-from lumen.ocr import OCR_BUSY_NOTE, Words
+from lumen.ocr import OCR_BUSY_NOTE, OCR_FAILED_NOTE, Words, ocr_outcome
 from lumen.storage import Stores
 from lumen.vectors import encode_vector
 from lumen.worker import EmbedderCore, EmbedResult
@@ -113,8 +113,14 @@ class Embedder:
             if reading is not None:
                 reading.cancel()
             return self.core.failure(user, item, exc)
-        words = await reading if reading is not None else None
+        words = await _words(reading)
+        self._count_ocr(words, looked=self.core.reader is not None)
         return self.core.result(user, item, vector, caption, words)
+
+    def _count_ocr(self, words: Words | None, looked: bool) -> None:
+        if looked:
+            with contextlib.suppress(Exception):
+                metrics.ocr_photos().inc(1, tags={"outcome": ocr_outcome(words)})
 
     async def _embed_decoded(
         self, user: str, item: str, decoded: torch.Tensor | Exception
@@ -129,7 +135,8 @@ class Embedder:
             if reading is not None:
                 reading.cancel()
             return self.core.failure(user, item, exc)
-        words = await reading if reading is not None else None
+        words = await _words(reading)
+        self._count_ocr(words, looked=reading is not None)
         return self.core.result(user, item, vector, caption, words)
 
     def _read_words(self, user: str, item: str, check: bool) -> asyncio.Future[Words]:
@@ -170,3 +177,13 @@ class Embedder:
         tensor = await asyncio.to_thread(self.core.decode_bytes, data)
         vectors, _ = await asyncio.to_thread(self.core.embed_tensors, [tensor])
         return encode_vector(vectors[0])
+
+
+async def _words(reading: asyncio.Future[Words] | None) -> Words | None:
+    """The OCR result of a photo (None: not read); OCR never fails the item."""
+    if reading is None:
+        return None
+    try:
+        return await reading
+    except Exception:  # noqa: BLE001 - the reader never raises; this is the last guard
+        return Words(note=OCR_FAILED_NOTE)

@@ -131,6 +131,14 @@ class Words:
     note: str = ""
 
 
+def ocr_outcome(words: Words | None) -> str:
+    """How a photo went through OCR, for the metric: `no_text` (the pre-check kept Tesseract
+    off), `words`, `empty` (Tesseract read nothing) or the note of a failure."""
+    if words is None:
+        return "no_text"
+    return words.note or ("words" if words.text else "empty")
+
+
 class PhotoReader:
     """Reads the words in photos with Tesseract: decode for OCR, one Tesseract call.
 
