@@ -165,10 +165,12 @@ class PhotoReader:
         if started - asked_at > ocr.max_wait_s:
             return Words(note=OCR_BUSY_NOTE)
         try:
+            if check:  # on a small decode first, as the model's own would be
+                side = (CHECK_DRAFT_SIDE, CHECK_DRAFT_SIDE)
+                if not may_show_text(open_image(path, max_pixels=self.max_pixels, draft_size=side)):
+                    return Words()
             draft = (max(1, ocr.max_side // 2),) * 2
             img = open_image(path, max_pixels=self.max_pixels, draft_size=draft)
-            if check and not may_show_text(img):
-                return Words()
             grey = img.convert("L")
             if max(grey.size) > ocr.max_side:
                 grey.thumbnail((ocr.max_side, ocr.max_side), Image.Resampling.LANCZOS)
