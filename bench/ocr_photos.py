@@ -8,7 +8,8 @@ One run measures, on the same images:
     service     a fresh app with `ocr.photos` off, then one with it on (ViT-B-32, random
                 init; one Embedder replica with `--embedder-cpus` CPUs and the default OCR
                 pool of one Tesseract). Each set is uploaded, then processed again with no
-                upload (bench/ingest.py's `processing_only`): items/s of processing alone.
+                upload (bench/ingest.py's `processing_only`): items/s of processing alone,
+                the best of `RUNS` runs.
 
 Sets: `plain`, photo-like pictures without words (bench/ingest.py's corpus: 12 MP JPEGs,
 1 in 20 PNG or HEIC), and `words`, 1600x1200 JPEGs of signs, receipts and screenshots.
@@ -26,7 +27,15 @@ import random
 import time
 from pathlib import Path
 
-from common import CACHE, VIT_B_32, print_machine, running_service, set_deployment, stored_zip, table
+from common import (
+    CACHE,
+    VIT_B_32,
+    print_machine,
+    running_service,
+    set_deployment,
+    stored_zip,
+    table,
+)
 from ingest import photo_set, processing_only
 from PIL import Image, ImageDraw
 
@@ -35,11 +44,13 @@ from lumen.ocr import CHECK_DRAFT_SIDE, may_show_text
 from tests.support.photos import font, receipt, sign
 
 PLAIN_TARGET = 0.95
+RUNS = 2  # processing runs per set and setting; the best counts (the box is shared)
 WORDS = CACHE / "ocr_words"
 _VOCAB = (
-    "PARKING EXIT ENTRANCE CAFE OPEN CLOSED SALE PHARMACY STATION PLATFORM TICKETS MUSEUM "
-    "HOTEL BAKERY TAXI BUS STOP NO ENTRY LEFT RIGHT FLOOR MENU TODAY SOUP COFFEE TEA"
-).split()
+    *("PARKING", "EXIT", "ENTRANCE", "CAFE", "OPEN", "CLOSED", "SALE", "PHARMACY", "STATION"),
+    *("PLATFORM", "TICKETS", "MUSEUM", "HOTEL", "BAKERY", "TAXI", "BUS", "STOP", "NO", "ENTRY"),
+    *("LEFT", "RIGHT", "FLOOR", "MENU", "TODAY", "SOUP", "COFFEE", "TEA"),
+)
 
 
 def screenshot(rng: random.Random) -> Image.Image:
@@ -61,7 +72,7 @@ def words_photo(i: int) -> Image.Image:
         colour = (rng.randint(0, 120), rng.randint(0, 120), rng.randint(80, 220))
         return sign(text, size=(1600, 1200), font_px=110, background=colour)
     if kind == 1:
-        return receipt(lines=24).resize((1067, 1200))
+        return receipt(lines=24, first=i).resize((1067, 1200))
     return screenshot(rng)
 
 
@@ -106,13 +117,16 @@ def service_rates(sets: dict[str, list[Path]], ocr: bool, cpus: int) -> dict[str
     out: dict[str, dict[str, float]] = {}
     with running_service(overrides, tweak) as svc:
         for name, paths in sets.items():
-            user, headers = svc.new_user(f"ocr{name[:2]}")
-            svc.upload_zip(headers, stored_zip(CACHE / f"ocr-{name}-{len(paths)}.zip", paths, name))
-            svc.wait_settled(user, len(paths))
-            seconds = processing_only(svc, user)
-            words = svc.redis.hlen(svc.keys.ocr(f"{user}p"))
-            out[name] = {"rate": len(paths) / seconds, "seconds": seconds, "ocr_records": words}
-            print(f"# ocr {'on' if ocr else 'off'}, {name}: {out[name]}", flush=True)
+            rates = []
+            for attempt in range(RUNS):  # a fresh user each time: nothing is a duplicate
+                user, headers = svc.new_user(f"ocr{name[:2]}{attempt}")
+                archive = stored_zip(CACHE / f"ocr-{name}-{len(paths)}.zip", paths, name)
+                queued = len(svc.upload_zip(headers, archive)["queued"])
+                svc.wait_settled(user, queued)
+                rates.append(queued / processing_only(svc, user))
+                words = svc.redis.hlen(svc.keys.ocr(f"{user}p"))
+            out[name] = {"rate": max(rates), "runs": len(rates), "ocr_records": words}
+            print(f"# ocr {'on' if ocr else 'off'}, {name}: {out[name]} {rates}", flush=True)
     return out
 
 

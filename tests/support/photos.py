@@ -33,15 +33,14 @@ def sign(
     return img
 
 
-def receipt(lines: int = 30) -> Image.Image:
-    """A till receipt: many short lines that end in prices."""
+def receipt(lines: int = 30, first: int = 0) -> Image.Image:
+    """A till receipt: many short lines that end in prices (items numbered from `first`)."""
     img = Image.new("RGB", (600, 40 + 28 * lines), (245, 245, 240))
     draw = ImageDraw.Draw(img)
     face = font(18, mono=True)
-    for i in range(lines):
-        draw.text(
-            (30, 20 + i * 28), f"ITEM {i:02d} coffee beans {1.25 * i:6.2f}", font=face, fill=0
-        )
+    for row, i in enumerate(range(first, first + lines)):
+        line = f"ITEM {i:02d} coffee beans {1.25 * i:6.2f}"
+        draw.text((30, 20 + row * 28), line, font=face, fill=0)
     return img
 
 
