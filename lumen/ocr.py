@@ -80,16 +80,15 @@ def may_show_text(img: Image.Image) -> bool:
     """Whether `img` may show printed words: the cheap test before Tesseract.
 
     Print is dense, high-contrast strokes in both directions at a small scale: on a grey
-    copy at most CHECK_SIDE pixels large, a 16 x 16 tile counts as print when strong edges
+    copy about CHECK_SIDE pixels large (a JPEG's draft decode for the model is already about
+    that size; a larger image is box-reduced by a whole factor), a 16 x 16 tile counts as print when strong edges
     (a grey-level step of `_EDGE`) cover `_MIN_DENSITY` of it horizontally and vertically.
     Smooth colour fields, object outlines and sensor noise do not; foliage and gravel may
     (then Tesseract runs and finds nothing, which costs time but loses no words).
     """
-    grey = img.convert("L")
-    if max(grey.size) > CHECK_SIDE:
-        grey = grey.copy()
-        grey.thumbnail((CHECK_SIDE, CHECK_SIDE), Image.Resampling.BILINEAR)
-    return text_tiles(np.asarray(grey, dtype=np.int16)) >= _MIN_TEXT_TILES
+    factor = max(img.size) // CHECK_SIDE  # a box reduce: 3x cheaper than a resize
+    small = img.reduce(factor) if factor > 1 else img
+    return text_tiles(np.asarray(small.convert("L"), dtype=np.int16)) >= _MIN_TEXT_TILES
 
 
 def text_tiles(grey: np.ndarray) -> int:

@@ -25,7 +25,7 @@ from lumen.ocr import (
     clean_words,
     may_show_text,
 )
-from tests.support.photos import jpeg, plain_photo, receipt, sign
+from tests.support.photos import jpeg, plain_photo, png, receipt, sign
 from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
 
 needs_tesseract = pytest.mark.skipif(
@@ -124,3 +124,10 @@ def test_tesseract_runs_single_threaded(monkeypatch: pytest.MonkeyPatch) -> None
 def test_a_language_list_that_is_not_one_is_refused() -> None:
     with pytest.raises(ValueError, match="ocr.lang"):
         OcrSettings(lang="eng; rm -rf /")
+
+
+def test_a_full_size_png_is_checked_on_a_reduced_copy() -> None:
+    # PNGs (screenshots) have no draft mode: the model's decode is full size
+    words = open_image(png(sign("PARKING 5 EUR", size=(1600, 1200), font_px=40)), max_pixels=MAX_PIXELS)
+    plain = open_image(png(plain_photo(1, size=(2000, 1500))), max_pixels=MAX_PIXELS)
+    assert may_show_text(words) and not may_show_text(plain)
