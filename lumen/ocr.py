@@ -79,12 +79,12 @@ def ocr_page(image: Any, lang: str, timeout_s: float, config: str = "") -> tuple
 def may_show_text(img: Image.Image) -> bool:
     """Whether `img` may show printed words: the cheap test before Tesseract.
 
-    Print is dense, high-contrast strokes in both directions at a small scale: on a grey
-    copy about CHECK_SIDE pixels large (a JPEG's draft decode for the model is already about
-    that size; a larger image is box-reduced by a whole factor), a 16 x 16 tile counts as print when strong edges
-    (a grey-level step of `_EDGE`) cover `_MIN_DENSITY` of it horizontally and vertically.
-    Smooth colour fields, object outlines and sensor noise do not; foliage and gravel may
-    (then Tesseract runs and finds nothing, which costs time but loses no words).
+    Print is dense, high-contrast strokes in both directions at a small scale. On a grey
+    copy about CHECK_SIDE pixels large (a JPEG's draft decode for the model is about that
+    size already; a larger image is box-reduced by a whole factor), a 16 x 16 tile counts
+    as print when strong edges (a grey-level step of `_EDGE`) cover `_MIN_DENSITY` of it
+    across and down. Smooth colour fields, object outlines and sensor noise do not; foliage
+    and gravel may (then Tesseract runs and finds nothing: time spent, no words lost).
     """
     factor = max(img.size) // CHECK_SIDE  # a box reduce: 3x cheaper than a resize
     small = img.reduce(factor) if factor > 1 else img

@@ -128,6 +128,7 @@ def test_a_language_list_that_is_not_one_is_refused() -> None:
 
 def test_a_full_size_png_is_checked_on_a_reduced_copy() -> None:
     # PNGs (screenshots) have no draft mode: the model's decode is full size
-    words = open_image(png(sign("PARKING 5 EUR", size=(1600, 1200), font_px=40)), max_pixels=MAX_PIXELS)
+    small_words = sign("PARKING 5 EUR", size=(1600, 1200), font_px=40)
+    words = open_image(png(small_words), max_pixels=MAX_PIXELS)
     plain = open_image(png(plain_photo(1, size=(2000, 1500))), max_pixels=MAX_PIXELS)
     assert may_show_text(words) and not may_show_text(plain)
