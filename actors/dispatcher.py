@@ -13,12 +13,11 @@ from ray.exceptions import RayActorError
 from actors.index_shard import get_index_shard
 from actors.naming import dispatcher_name, named_actor, shard_for
 from lumen.config import Settings
-from lumen.dispatch import DispatchCore, Part, WorkerDied
+from lumen.dispatch import Alt, DispatchCore, Part, Rows, WorkerDied
 from lumen.health import LiveReplicas
 from lumen.metrics import RayMetrics
 from lumen.naming import EMBEDDER
 from lumen.storage import Stores
-from lumen.vectors import CommitRow
 from lumen.worker import EmbedResult
 
 log = logging.getLogger(__name__)
@@ -47,13 +46,13 @@ class _ShardCommit:
         self.shards: dict[int, ray.actor.ActorHandle] = {}
 
     async def commit(
-        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
+        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
     ) -> dict[str, int]:
         n = shard_for(user, self.settings.queue.index_shards)
         if n not in self.shards:
             self.shards[n] = get_index_shard(self.settings, n)
         try:
-            return await self.shards[n].commit.remote(user, model_id, dim, rows)
+            return await self.shards[n].commit.remote(user, model_id, dim, rows, alt)
         except RayActorError:  # killed for good: look it up (and create it) again next time
             self.shards.pop(n, None)
             raise

@@ -11,13 +11,15 @@ import ray
 
 from actors.naming import index_shard_name, named_actor, shard_for
 from lumen.config import Settings
+from lumen.dispatch import Alt, Rows
 from lumen.events import EventKind
 from lumen.metrics import RayMetrics, RayShardMetrics
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotStore
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
-from lumen.vectors import CommitRow, decode_vectors
+from lumen.upgrade import Vectors, commit_versions
+from lumen.vectors import decode_vectors
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -71,22 +73,48 @@ class IndexShard:
         self.registry.flush()
         return repaired
 
-    def commit(self, user: str, model_id: str, dim: int, rows: list[CommitRow]) -> dict[str, int]:
-        committed = self.stores.vectors.commit(user, model_id, dim, rows)
+    def commit(
+        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
+    ) -> dict[str, int]:
+        """Commit the vectors the user's active space takes (`alt`: a previous model's, while
+        an upgrade is in progress; the deployed model's then go to the NEXT space). Rows
+        with OCR words mark the words index for a rebuild (the words are the item's: either
+        version's commit stores them in `ocr:{u}`)."""
+        previous = Vectors(*alt) if alt is not None else None
+        used, committed = commit_versions(
+            self.stores.vectors, self.stores.spaces, user, Vectors(model_id, dim, rows), previous
+        )
         if committed:
-            vectors = {row[0]: decode_vectors([row[1]], dim)[0] for row in rows}
-            read = {row[0] for row in rows if len(row) > 3 and row[3]}
-            self.registry.add(user, committed, vectors, words=read & committed.keys())
+            vectors = {
+                row[0]: decode_vectors([row[1]], used.dim)[0]
+                for row in used.rows
+                if row[0] in committed
+            }
+            read = {row[0] for row in used.rows if len(row) > 3 and row[3]}
+            self.registry.add(user, committed, vectors, used.model, words=read & committed.keys())
         return committed
 
-    def search(self, user: str, query: bytes, k: int, text: str | None = None) -> list[SearchHit]:
-        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k, text)
+    def search(
+        self,
+        user: str,
+        query: bytes,
+        k: int,
+        model: str | None = None,
+        text: str | None = None,
+    ) -> list[SearchHit]:
+        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k, model, text)
 
     def search_pdf(
-        self, user: str, query_vec: bytes, query: str, k: int, mode: str = "fused"
+        self,
+        user: str,
+        query_vec: bytes,
+        query: str,
+        k: int,
+        mode: str = "fused",
+        model: str | None = None,
     ) -> list[SearchHit]:
         vec = np.frombuffer(query_vec, dtype="<f4")
-        return self.registry.search_pdf(user, vec, query, k, mode)
+        return self.registry.search_pdf(user, vec, query, k, mode, model)
 
     def drop(self, user: str) -> None:
         """Forget the cached index and its snapshot (after a reset in Redis)."""

@@ -20,6 +20,10 @@ def monitor_name(app_name: str) -> str:
     return f"{app_name}:monitor"
 
 
+def reembedder_name(app_name: str) -> str:
+    return f"{app_name}:reembedder"
+
+
 def index_shard_name(app_name: str, shard: int) -> str:
     return f"{app_name}:index-shard-{shard}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from typing import Any
 
@@ -12,9 +13,11 @@ import torch
 from ray import serve
 
 from lumen import metrics
-from lumen.config import Settings
-from lumen.errors import Busy
+from lumen.config import ModelSettings, Settings
+from lumen.embedding import ClipModel, model_id_for
+from lumen.errors import Busy, ModelMismatch
 from lumen.executors import BoundedExecutor
+from lumen.ingest.images import open_image
 from lumen.naming import worker_id
 from lumen.ocr import OCR_BUSY_NOTE, OCR_FAILED_NOTE, Words, ocr_outcome
 from lumen.storage import Stores
@@ -45,6 +48,11 @@ class Embedder:
         self.max_batch_size = BATCH_SIZE
         ocr = settings.ocr
         self.ocr_pool = BoundedExecutor("photo OCR", ocr.workers, ocr.queue)
+        self.previous = settings.reindex.previous_model
+        if not self.core.null:  # a replica of a later model can load this one for its users
+            with contextlib.suppress(Exception):
+                model = settings.model.model_dump(mode="json")
+                self.stores.spaces.record_model(self.core.model_id, model)
         self._beat()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -89,7 +97,55 @@ class Embedder:
         groups = await asyncio.gather(*(self.embed_items(user, items) for user, items in parts))
         return [result for group in groups for result in group]
 
+    def _lookup(self, model_id: str) -> ModelSettings | None:
+        """How to load a previous model: as recorded by its Embedder, or from settings."""
+        recorded = self.stores.spaces.model_settings(model_id)
+        if recorded is not None:
+            return ModelSettings(**recorded)
+        if self.previous is not None and model_id_for(self.previous) == model_id:
+            return self.previous
+        return None
+
+    def _model(self, model_id: str | None) -> ClipModel | None:
+        """The model for `model_id`: None for the deployed one; ModelMismatch if unknown."""
+        if not model_id or model_id == self.core.model_id or self.core.null:
+            return None
+        model = self.core.other_model(model_id, self._lookup)
+        if model is None:
+            raise ModelMismatch(
+                f"this space was indexed with model {model_id}, which the service can no "
+                "longer load; reset the space (POST /reset) and upload again"
+            )
+        return model
+
     async def embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
+        """`_embed_items`, plus the active space's model's vectors while the user's space
+        still holds a previous model (see `EmbedResult.alt_vector`)."""
+        results = await self._embed_items(user, items)
+        if self.core.null:
+            return results
+        info = await asyncio.to_thread(self.stores.vectors.info, user)
+        if info is None or info.model == self.core.model_id:
+            return results
+        try:
+            model = await asyncio.to_thread(self.core.other_model, info.model, self._lookup)
+        except Exception:  # noqa: BLE001 - the commit then says the space holds another model
+            return results
+        ok = [r for r in results if r.error is None]
+        if model is None or not ok:
+            return results
+        vectors = await asyncio.to_thread(self.core.embed_with, model, user, [r.item for r in ok])
+        alt = {r.item: encode_vector(v) for r, v in zip(ok, vectors, strict=True) if v is not None}
+        return [
+            dataclasses.replace(
+                r, alt_vector=alt[r.item], alt_model_id=model.model_id, alt_dim=model.dim
+            )
+            if r.item in alt
+            else r
+            for r in results
+        ]
+
+    async def _embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
         """Embed a chunk of one user's queued items: one request, many batch slots.
 
         Each item is decoded on a thread and then joins whatever `@serve.batch` is forming,
@@ -166,14 +222,26 @@ class Embedder:
         for user, items in by_user.items():
             self.stores.queue.assign(user, items, self.worker_id)
 
-    async def embed_text(self, text: str) -> bytes:
+    async def embed_text(self, text: str, model_id: str | None = None) -> bytes:
+        """The text's vector by the deployed model, or by `model_id` (a user's space still
+        on a previous model during an upgrade: its queries are encoded with that model)."""
+        model = await asyncio.to_thread(self._model, model_id)
+        if model is not None:
+            return encode_vector((await asyncio.to_thread(model.encode_texts, [text]))[0])
         return encode_vector(await self._text_batch(text))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _text_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(await asyncio.to_thread(self.core.embed_texts, texts))
 
-    async def embed_image_bytes(self, data: bytes) -> bytes:
+    async def embed_image_bytes(self, data: bytes, model_id: str | None = None) -> bytes:
+        model = await asyncio.to_thread(self._model, model_id)
+        if model is not None:
+            img = await asyncio.to_thread(
+                open_image, data, max_pixels=self.core.settings.limits.max_image_pixels
+            )
+            vectors = await asyncio.to_thread(model.encode_images, [img])
+            return encode_vector(vectors[0])
         tensor = await asyncio.to_thread(self.core.decode_bytes, data)
         vectors, _ = await asyncio.to_thread(self.core.embed_tensors, [tensor])
         return encode_vector(vectors[0])

@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.deps import VERIFIED, Svc, services_of
-from deployments.routes import auth, health, monitor, queue, search, uploads
+from deployments.routes import admin, auth, health, monitor, queue, search, uploads
 from deployments.services import Services
 from lumen import metrics
 from lumen.auth import client_address
@@ -194,7 +194,7 @@ app.add_middleware(  # outermost, so refusals from the gate carry CORS headers t
     expose_headers=["Retry-After"],
 )
 
-for _module in (auth, uploads, search, queue, monitor, health):
+for _module in (auth, uploads, search, queue, monitor, health, admin):
     app.include_router(_module.router)
 
 

@@ -90,3 +90,13 @@ class ShardsResponse(BaseModel):
     its largest spaces; or `status` busy/unreachable when it did not answer in time."""
 
     shards: list[dict[str, Any]]
+
+
+class ReindexResponse(BaseModel):
+    """The deployed model, the job's target (null: none pending), the users whose space
+    still holds another model, and each user's re-embedding progress."""
+
+    model: str
+    job: str | None
+    users_on_other_models: list[str]
+    users: dict[str, dict[str, Any]]

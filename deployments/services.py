@@ -18,18 +18,21 @@ from actors.dispatcher import get_dispatcher
 from actors.index_shard import get_index_shard
 from actors.monitor import get_monitor
 from actors.naming import NAMESPACE, index_shard_number, shard_for
+from actors.reembedder import get_reembedder
 from deployments.probes import ReadinessProbe
 from lumen.account import AccountService
 from lumen.admission import Admission, PenaltyBox, Tarpit
 from lumen.answerer import make_answerer
 from lumen.auth import Authenticator
 from lumen.config import Settings
+from lumen.embedding import model_id_for
 from lumen.errors import Unauthorized
 from lumen.executors import Executors
 from lumen.links import ImageLinks
 from lumen.metrics import RayMetrics
 from lumen.search import SearchHit, SearchService
 from lumen.storage import Stores
+from lumen.upgrade import upgrade_pending
 from lumen.uploads import UploadService
 
 log = logging.getLogger(__name__)
@@ -44,11 +47,12 @@ class ServeEncoder:
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
 
-    async def embed_text(self, text: str) -> np.ndarray:
-        return np.frombuffer(await self.embedder.embed_text.remote(text), dtype="<f4")
+    async def embed_text(self, text: str, model: str | None = None) -> np.ndarray:
+        return np.frombuffer(await self.embedder.embed_text.remote(text, model), dtype="<f4")
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        return np.frombuffer(await self.embedder.embed_image_bytes.remote(data), dtype="<f4")
+    async def embed_image(self, data: bytes, model: str | None = None) -> np.ndarray:
+        vector = await self.embedder.embed_image_bytes.remote(data, model)
+        return np.frombuffer(vector, dtype="<f4")
 
 
 class ShardClient:
@@ -58,14 +62,14 @@ class ShardClient:
         self.handle = handle
 
     async def search(
-        self, user: str, query: bytes, k: int, text: str | None = None
+        self, user: str, query: bytes, k: int, model: str | None = None, text: str | None = None
     ) -> list[SearchHit]:
-        return await self.handle.search.remote(user, query, k, text)
+        return await self.handle.search.remote(user, query, k, model, text)
 
     async def search_pdf(
-        self, user: str, query: bytes, text: str, k: int, mode: str
+        self, user: str, query: bytes, text: str, k: int, mode: str, model: str | None = None
     ) -> list[SearchHit]:
-        return await self.handle.search_pdf.remote(user, query, text, k, mode)
+        return await self.handle.search_pdf.remote(user, query, text, k, mode, model)
 
     async def drop(self, user: str) -> None:
         await self.handle.drop.remote(user)
@@ -138,6 +142,22 @@ class ActorHandles:
             await asyncio.gather(*(one(n) for n in range(self.settings.queue.index_shards)))
         )
 
+    async def start_reindex_if_pending(self, stores: Stores) -> bool:
+        """Start re-embedding when a space holds another model than the deployed one; no
+        actor is created (nothing held) otherwise."""
+        settings = self.settings
+        if not settings.reindex.auto_start or settings.model.benchmark_null:
+            return False
+        deployed = model_id_for(settings.model)
+        if not await asyncio.to_thread(upgrade_pending, stores.spaces, deployed):
+            return False
+        await self.reembedder().start.remote(settings.model.model_dump(mode="json"))
+        log.info("re-embedding started: spaces hold another model than %s", deployed)
+        return True
+
+    def reembedder(self) -> Any:
+        return get_reembedder(self.settings)
+
     def forget(self) -> None:
         """Look every actor up again (one was killed for good and created anew)."""
         self._shards.clear()
@@ -146,10 +166,13 @@ class ActorHandles:
 
 
 class Supervisor:
-    """Keeps the dispatcher's and monitor's loops running; the one place that does."""
+    """Keeps the dispatcher's and monitor's loops running; the one place that does. On its
+    first tick it starts the re-embedding job if an upgrade is pending (and nothing if not)."""
 
-    def __init__(self, handles: ActorHandles) -> None:
+    def __init__(self, handles: ActorHandles, stores: Stores | None = None) -> None:
         self.handles = handles
+        self.stores = stores
+        self.upgrade_checked = False
         self.task: asyncio.Task[None] | None = None
         self.kicks: set[asyncio.Task[None]] = set()
 
@@ -178,6 +201,9 @@ class Supervisor:
                     await dispatcher.ensure_running.remote()
                 await self.handles.monitor().ensure_running.remote()
                 await self.handles.converge_shards()
+                if not self.upgrade_checked and self.stores is not None:
+                    await self.handles.start_reindex_if_pending(self.stores)
+                    self.upgrade_checked = True
                 if ticks % RETIRED_SHARDS_EVERY == 0:
                     await self.handles.release_retired_shards()
                 ticks += 1
@@ -202,17 +228,23 @@ class Services:
         self.executors = Executors(settings.executors)
         self.uploads = UploadService(settings, self.stores.queue)
         self.actors = ActorHandles(settings)
-        self.supervisor = Supervisor(self.actors)
+        self.supervisor = Supervisor(self.actors, self.stores)
         self.readiness = ReadinessProbe(settings, self.stores, self.actors)
         self.search = SearchService(
             settings.data_dir, ServeEncoder(embedder), self.actors.shard, self.stores.queue,
             make_answerer(settings.gemini), RayMetrics(),
             run_answer=self.executors.gemini.run, run_io=self.executors.blocking.run,
+            model_of=self.active_model,
         )  # fmt: skip
         self.account = AccountService(
             settings.data_dir, self.stores.queue, self.actors.shard,
             settings.limits.max_status_items, self.auth.revoke_streams,
         )  # fmt: skip
+
+    def active_model(self, user: str) -> str | None:
+        """The model of the user's active space (None: nothing indexed yet)."""
+        info = self.stores.vectors.info(user)
+        return None if info is None else info.model
 
     async def verify_bearer(self, authorization: str) -> str:
         """The user an `Authorization: Bearer` header names (401 otherwise), off the loop."""

@@ -311,6 +311,24 @@ def cmd_reset(client: LumenClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(client: LumenClient, args: argparse.Namespace) -> int:
+    report = client.reindex(args.user, start=not args.status)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"deployed model: {report['model']}   job: {report['job'] or 'none pending'}")
+    rows = [
+        (user, p.get("state", ""), p.get("model", ""), f"{p.get('done', 0)}/{p.get('total', 0)}")
+        for user, p in sorted(report["users"].items())
+    ]
+    if rows:
+        print_table(("user", "state", "model", "done"), rows)
+    waiting = report["users_on_other_models"]
+    if waiting:
+        print(f"{len(waiting)} user(s) still on another model: {', '.join(waiting[:10])}")
+    return 0
+
+
 def cmd_workers(client: LumenClient, args: argparse.Namespace) -> int:
     workers = client.snapshot("/monitor/worker")
     rows = []
@@ -459,6 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every failed item")
     p.add_argument("--json", action="store_true")
     add("reset", cmd_reset, "delete all your data").add_argument("--yes", action="store_true")
+    p = add(
+        "reindex",
+        cmd_reindex,
+        "operators: re-embed spaces on an older model with the deployed one (and show progress)",
+    )
+    p.add_argument("--user", help="only this user's space")
+    p.add_argument("--status", action="store_true", help="show progress; start nothing")
+    p.add_argument("--json", action="store_true")
     add("workers", cmd_workers, "show embedding workers")
     add("events", cmd_events, "show recent system events")
     admin = sub.add_parser(

@@ -294,6 +294,12 @@ class LumenClient:
     def reset(self) -> str:
         return str(self._call("POST", "/reset")["message"])
 
+    def reindex(self, user: str | None = None, start: bool = False) -> dict[str, Any]:
+        """Operators: start re-embedding (`start`) or read its progress; `user` alone."""
+        if start:
+            return dict(self._call("POST", "/admin/reindex", data={"user": user} if user else {}))
+        return dict(self._call("GET", "/admin/reindex", params={"user": user} if user else {}))
+
     def events(self, path: str, read_timeout_s: float = 60.0) -> Generator[Any, None, None]:
         """Every JSON payload of the SSE route `path` (/status, /monitor/worker, ...), sent
         with the bearer header; StreamEnded when the service ends the stream on purpose."""

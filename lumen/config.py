@@ -214,6 +214,28 @@ class IndexSettings(BaseModel):
     shard_resources: dict[str, float] | None = None
 
 
+class ReindexSettings(BaseModel):
+    """Re-embedding users' spaces after the model changed (docs/models.md)."""
+
+    # Start re-embedding by itself when the app starts and a user's space holds another
+    # model than the deployed one (a no-op, holding nothing, when every space is current).
+    auto_start: bool = True
+    # Its share of the cluster's CPUs: the Ray Data actor pool holds at most this share
+    # (at least one actor of `cpus_per_actor`), so live ingest keeps the rest.
+    share: float = Field(default=0.25, gt=0, le=1)
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    # While this many items wait in the live queues, the job pauses between batches.
+    pause_backlog_items: int = Field(default=1, ge=1)
+    # A pause after every batch besides (0: none): a gentler job on a small box.
+    batch_pause_s: float = Field(default=0.0, ge=0)
+    # Keep the previous space (`old:` keys) after the switch instead of deleting it.
+    keep_old_space: bool = False
+    # How to load the previous model when Redis has no record of it (e.g. the first deploy
+    # of this version): queries of users still on it are encoded with it until the switch.
+    previous_model: ModelSettings | None = None
+
+
 class GeminiSettings(BaseModel):
     """The answerer behind `POST /search/pdf`; page images leave the server when a key is set."""
 
@@ -296,6 +318,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     gemini: GeminiSettings = Field(default_factory=GeminiSettings)
+    reindex: ReindexSettings = Field(default_factory=ReindexSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     executors: ExecutorSettings = Field(default_factory=ExecutorSettings)

@@ -49,9 +49,13 @@ class Embed(Protocol):
     async def embed(self, parts: list[Part]) -> Sequence[EmbedResult]: ...
 
 
+Rows = list[CommitRow]  # (item, vector bytes, caption[, OCR words, OCR note])
+Alt = tuple[str, int, Rows]  # the same items' vectors by the active space's previous model
+
+
 class Commit(Protocol):
     async def commit(
-        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
+        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
     ) -> dict[str, int]: ...
 
 
@@ -343,17 +347,26 @@ class DispatchCore:
         A commit is idempotent, so one whose reply was lost is sent again; its answer names
         every item done with these vectors, including those the lost call committed.
         """
-        by_model: dict[tuple[str, int], list[EmbedResult]] = defaultdict(list)
+        by_model: dict[tuple[str, int, str, int], list[EmbedResult]] = defaultdict(list)
         for r in results:
-            by_model[(r.model_id, r.dim)].append(r)
-        for (model_id, dim), group in by_model.items():
-            rows: list[CommitRow] = [
+            by_model[(r.model_id, r.dim, r.alt_model_id, r.alt_dim)].append(r)
+        for (model_id, dim, alt_model, alt_dim), group in by_model.items():
+            # the words OCR read belong to the item, not to a model: both versions carry them
+            rows: Rows = [
                 (r.item, r.vector, r.caption, r.words, r.ocr_note)
                 for r in group
                 if r.vector is not None
             ]
+            alt: Alt | None = None
+            if alt_model:
+                alt_rows: Rows = [
+                    (r.item, r.alt_vector, r.caption, r.words, r.ocr_note)
+                    for r in group
+                    if r.alt_vector
+                ]
+                alt = (alt_model, alt_dim, alt_rows)
             try:
-                committed = await self._commit_with_retries(user, model_id, dim, rows)
+                committed = await self._commit_with_retries(user, model_id, dim, rows, alt)
             except ModelMismatch as exc:  # retrying cannot help: the items error out with why
                 failed = [Failure(r.item, exc.message, permanent=True) for r in group]
                 await asyncio.to_thread(self.fail, user, failed)
@@ -363,11 +376,13 @@ class DispatchCore:
                 self.metrics.items_done(len(committed))
 
     async def _commit_with_retries(
-        self, user: str, model_id: str, dim: int, rows: list[CommitRow]
+        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
     ) -> dict[str, int]:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                return await self.index.commit(user, model_id, dim, rows)
+                if alt is None:  # as before upgrades existed (fakes and old shards take it)
+                    return await self.index.commit(user, model_id, dim, rows)
+                return await self.index.commit(user, model_id, dim, rows, alt)
             except ModelMismatch:
                 raise
             except Exception:  # noqa: BLE001 - lost reply or a restarting shard: send again

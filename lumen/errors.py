@@ -4,6 +4,7 @@
     ├── BadRequest                 400  the request is malformed or a parameter is out of range
     │   ├── InvalidUpload          400  an archive, image or PDF we cannot or will not read
     │   └── ModelMismatch          409  an index built with another model/dimension
+    │       └── SpaceSwitched      409  the space switched model mid-search (searched again)
     ├── LimitExceeded              413  an input is over a configured limit (names the limit)
     │   └── QuotaExceeded          413  the user's storage quota (bytes or items) is full
     ├── Unauthorized               401  missing, expired or forged credentials
@@ -60,6 +61,13 @@ class ModelMismatch(BadRequest):
 
     code = "model_mismatch"
     status = 409
+
+
+class SpaceSwitched(ModelMismatch):
+    """The space moved to another model between a query's encoding and its search (an
+    upgrade's switch); the search service encodes the query again."""
+
+    code = "space_switched"
 
 
 class LimitExceeded(LumenError):

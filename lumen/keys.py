@@ -29,7 +29,12 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
     vid:{u}             hash   item -> vector id
     vitem:{u}           hash   vector id -> item (one field per stored vector: the count)
     vseq:{u}            string last vector id issued (kept by reset: ids are never reused)
-    vinfo:{u}           hash   model, dim of the user's vectors
+    vinfo:{u}           hash   model, dim of the user's vectors (the ACTIVE space's model)
+    next:vblk|vid|vitem|vseq|vinfo:{u}   the space a re-embedding fills with the deployed
+                               model (same layout); renamed onto the active keys by the switch
+    old:vblk|vid|vitem|vseq|vinfo:{u}    the previous active space, kept only when
+                               `reindex.keep_old_space` is set
+    reindex:{u}         hash   re-embedding progress: state, model, total, done, updated
     usage:{u}           hash   bytes, items: the stored files of the user's items (quotas)
     reply:{u}:{token}   string a script call's answer, kept a few minutes (idempotent retries)
 
@@ -41,6 +46,8 @@ Cross-user, one per dispatcher shard `s` (users hash to shards by `shard_of`):
 Global (small, bounded, not per-user work):
 
     events              list   monitor events, newest first (capped)
+    models              hash   model id -> JSON model settings (each Embedder records its own)
+    reindex-job         string JSON model settings the re-embedding job targets
     heartbeat           hash   worker id -> JSON metrics
     throttle:{subject}  string attempt counter with a TTL (the subject is not a hash tag):
                                `login-addr:A`, `login-user:U|A`, `signup-addr:A`, A an address
@@ -57,6 +64,11 @@ from dataclasses import dataclass
 # header then fits the allocator size class of 4096 rows (for dim 512: 8 MiB) instead of
 # spilling into the next class, 25% larger.
 VECTOR_BLOCK_IDS = 4095
+
+# Spaces besides the active one (no prefix): the one a re-embedding fills, and the previous
+# active space kept after a switch when `reindex.keep_old_space` is set.
+NEXT = "next:"
+OLD = "old:"
 
 
 def shard_of(user: str, shards: int) -> int:
@@ -125,33 +137,51 @@ class Keys:
     def sha(self, user: str) -> str:
         return f"{self.ns}:sha:{{{user}}}"
 
-    def vec(self, user: str) -> str:
+    def vec(self, user: str, space: str = "") -> str:
         """LEGACY: the hash of id -> vector bytes that blocks replaced (moved on load)."""
-        return f"{self.ns}:vec:{{{user}}}"
+        return f"{self.ns}:{space}vec:{{{user}}}"
 
-    def vblock(self, user: str, block: int) -> str:
+    def vblock(self, user: str, block: int, space: str = "") -> str:
         """Vectors of ids `block * VECTOR_BLOCK_IDS` onwards, packed in one string."""
-        return f"{self.ns}:vblk:{{{user}}}:{block}"
+        return f"{self.ns}:{space}vblk:{{{user}}}:{block}"
 
     def vscratch(self, user: str) -> str:
         """Scratch space of the vector scripts (grows a block exactly); never left behind."""
         return f"{self.ns}:vscratch:{{{user}}}"
 
-    def vblocks(self, user: str, last_id: int) -> list[str]:
+    def vblocks(self, user: str, last_id: int, space: str = "") -> list[str]:
         """Every block key that ids 1..`last_id` can have used."""
-        return [self.vblock(user, b) for b in range(last_id // VECTOR_BLOCK_IDS + 1)]
+        return [self.vblock(user, b, space) for b in range(last_id // VECTOR_BLOCK_IDS + 1)]
 
-    def vid(self, user: str) -> str:
-        return f"{self.ns}:vid:{{{user}}}"
+    def space_keys(self, user: str, space: str) -> list[str]:
+        """The fixed-name vector keys of one of the user's spaces (`NEXT`, `OLD`)."""
+        return [self.vid(user, space), self.vitem(user, space), self.vinfo(user, space)]
 
-    def vitem(self, user: str) -> str:
-        return f"{self.ns}:vitem:{{{user}}}"
+    def reindex(self, user: str) -> str:
+        """The user's re-embedding progress: state, model, total, done, updated."""
+        return f"{self.ns}:reindex:{{{user}}}"
 
-    def vseq(self, user: str) -> str:
-        return f"{self.ns}:vseq:{{{user}}}"
+    @property
+    def models(self) -> str:
+        """Model id -> JSON model settings of every model the Embedder has served."""
+        return f"{self.ns}:models"
 
-    def vinfo(self, user: str) -> str:
-        return f"{self.ns}:vinfo:{{{user}}}"
+    @property
+    def reindex_job(self) -> str:
+        """JSON model settings the re-embedding job targets (read again after a restart)."""
+        return f"{self.ns}:reindex-job"
+
+    def vid(self, user: str, space: str = "") -> str:
+        return f"{self.ns}:{space}vid:{{{user}}}"
+
+    def vitem(self, user: str, space: str = "") -> str:
+        return f"{self.ns}:{space}vitem:{{{user}}}"
+
+    def vseq(self, user: str, space: str = "") -> str:
+        return f"{self.ns}:{space}vseq:{{{user}}}"
+
+    def vinfo(self, user: str, space: str = "") -> str:
+        return f"{self.ns}:{space}vinfo:{{{user}}}"
 
     def usage(self, user: str) -> str:
         return f"{self.ns}:usage:{{{user}}}"
@@ -189,6 +219,11 @@ class Keys:
             self.vitem(user),
             self.vinfo(user),
             self.usage(user),
+            *self.space_keys(user, NEXT),
+            *self.space_keys(user, OLD),
+            self.vseq(user, NEXT),
+            self.vseq(user, OLD),
+            self.reindex(user),
         ]
 
     def throttle(self, subject: str) -> str:

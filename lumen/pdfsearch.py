@@ -38,8 +38,10 @@ The text score of a page (issue 16; figures in docs/retrieval.md) is
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,12 +57,34 @@ TEXT_WEIGHT = 0.6  # chosen by the evaluation in tests/unit/test_pdfsearch.py
 HEADING_WEIGHT = 0.6
 LEAD_IN_WEIGHT = 0.3
 LEAD_IN_WORDS = 40
+SECTION_WEIGHT = 0.3
+SECTION_LOOKBACK = 10  # pages searched back for the heading a page sits under
 PROXIMITY_WEIGHT = 0.25
 PROXIMITY_WINDOW = 8
 LIST_PAGE_FACTOR = 0.35
 _PROXIMITY_CANDIDATES = 50  # pages (best by BM25) that get the proximity bonus computed
 
-_WORD = re.compile(r"\w+")
+# A word, or a run of operator characters ("++", "+=", "->", "!="): manuals are asked
+# about operators ("why is there no i++"), which a word tokenizer drops.
+_TOKEN = re.compile(r"\w+|[-+*/=<>!&|^%~:]{2,3}")
+_OPERATOR = re.compile(r"[-+*/=<>!&|^%~:]+")
+_BORING_OPERATORS = frozenset({"--", "---", "::", ":::"})  # dashes and rules in prose
+# A word broken across lines by a hyphen ("direc-\ntory"): typeset manuals do this often.
+_LINE_HYPHEN = re.compile(r"(?<=[a-z])-\s*\n\s*(?=[a-z])")
+# British spellings folded onto American ones, on both the page and the query side, so
+# "colour" meets "color" and "initialise" meets "initialize" (Snowball stems neither).
+_SPELLING = (
+    (re.compile(r"^(\w{3,})our(s|ed|ing|ful|less)?$"), r"\1or\2"),  # colour, behaviour
+    (re.compile(r"^(\w{3,})is(e|es|ed|ing|ation|ations|er|ers)$"), r"\1iz\2"),  # initialise
+    (re.compile(r"^(\w{2,})ys(e|es|ed|ing)$"), r"\1yz\2"),  # analyse
+    (re.compile(r"^(cent|met|lit|fib|theat)re(s|d)?$"), r"\1er\2"),  # centre, metre
+    (re.compile(r"^grey(s|ed|ish)?$"), r"gray\1"),
+)
+# Question phrasings folded onto the words a manual uses for the same thing.
+_QUESTION_PHRASES = (
+    (re.compile(r"\bhow\s+many\b"), "number"),
+    (re.compile(r"\bhow\s+much\b"), "amount"),
+)
 _STOPWORD_TEXT = """
     a an and are as at be been but by can could do does for from had has have how i if in
     into is it its me my no not of on or our should so than that the their them then there
@@ -72,22 +96,54 @@ _STEMMER = Stemmer.Stemmer("english")
 # A line that ends in a page number or a range/list of them: "Maps as Lists . . . 7",
 # "parfor, 12, 13"; a number glued to a word ("v4", a figure label) does not count.
 _LIST_LINE = re.compile(r"(?:^|[\s.])\d+(?:\s*[,–-]\s*\d+)*\s*$")
+# ... but not a line of code, a formula or program output ending in a value: "r_2: ... = 0"
+_VALUE_LINE = re.compile(r"[=<>+*/^(\[]\s*-?\d[\d\s,.]*$")
+_HAS_LETTER = re.compile(r"[^\W\d_]")  # a contents or index line names something
 _DOTTED_LEADER = re.compile(r"(?:\.\s?){4,}")
 _PAGE_ITEM = re.compile(r"^(?P<stem>.*_page_)(?P<number>\d+)(?P<ext>\.\w+)$")
 
 
+def normalize(text: str) -> str:
+    """Text as the tokenizer reads it: NFKC (typeset ligatures such as "ﬁ" become "fi"),
+    lowercased, words broken by a hyphen at a line end joined again."""
+    return _LINE_HYPHEN.sub("", unicodedata.normalize("NFKC", text).lower())
+
+
+@functools.lru_cache(maxsize=65536)
+def _term(word: str) -> str:
+    """The index term of one lowercased word ("" for a stopword): spelling folded, stemmed."""
+    if len(word) >= 4 and word.isalpha():
+        for pattern, replacement in _SPELLING:
+            folded, n = pattern.subn(replacement, word)
+            if n:
+                word = folded
+                break
+    if word in STOPWORDS or word in _BORING_OPERATORS:
+        return ""
+    return str(_STEMMER.stemWord(word))
+
+
 def tokenize(text: str) -> list[str]:
-    """Lowercased unicode words, stopwords dropped, Snowball English stems."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
-    return list(_STEMMER.stemWords(words))
+    """Normalised words and operators, stopwords dropped, Snowball English stems."""
+    return [t for t in map(_term, _TOKEN.findall(normalize(text))) if t]
+
+
+def tokenize_query(query: str) -> list[str]:
+    """`tokenize` after question phrasings are folded ("how many" asks for a number)."""
+    text = normalize(query)
+    for pattern, replacement in _QUESTION_PHRASES:
+        text = pattern.sub(replacement, text)
+    return tokenize(text)
 
 
 @dataclass(frozen=True)
 class PageText:
-    """What the text side knows about a page: its text and the headings on it."""
+    """What the text side knows about a page: its text, the headings on it and the heading
+    path it sits under (`section`, from the PDF's outline; "" when the PDF has none)."""
 
     text: str
     headings: str = ""
+    section: str = ""
 
 
 def is_list_page(text: str) -> bool:
@@ -95,7 +151,11 @@ def is_list_page(text: str) -> bool:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) < 8:
         return False
-    numbered = sum(1 for ln in lines if _LIST_LINE.search(ln) and not ln.isdigit())
+    numbered = sum(
+        1
+        for ln in lines
+        if _LIST_LINE.search(ln) and _HAS_LETTER.search(ln) and not _VALUE_LINE.search(ln)
+    )
     leaders = len(_DOTTED_LEADER.findall(text))
     return leaders >= 8 or numbered >= max(8, 0.45 * len(lines))
 
@@ -136,8 +196,8 @@ class BM25Index:
 
     `pages` maps an item to its text, or to a `PageText` with headings. Pages without text
     never match. `page_structure=False` (photos' OCR words, lumen.photosearch) drops what
-    only pages have: the lead-in from the page before and list-page demotion (a receipt's
-    lines end in numbers too).
+    only pages have: the lead-in and the section inherited from the page before, and
+    list-page demotion (a receipt's lines end in numbers too).
     """
 
     def __init__(
@@ -167,6 +227,12 @@ class BM25Index:
         self._body = _Field(bodies, k1, b)
         self._headings = _Field([tokenize(p.headings) for p in page_texts], k1, b)
         self._lead_in = _Field(lead_ins, k1, b)
+        sections = (
+            _sections(self._items, page_texts, position)
+            if page_structure
+            else [""] * len(self._items)
+        )
+        self._section = _Field([tokenize(s) for s in sections], k1, b)
         self._list_page = np.array(
             [page_structure and is_list_page(p.text or "") for p in page_texts], dtype=bool
         )
@@ -191,12 +257,16 @@ class BM25Index:
 
     def scores(self, query: str) -> dict[str, float]:
         """Text score of every page matching at least one query term (others are absent)."""
-        terms = list(dict.fromkeys(tokenize(query)))
+        terms = list(dict.fromkeys(tokenize_query(query)))
         body = self._body.scores(terms)
         if body is None or not self._items:
             return {}
         total = body.copy()
-        for field, weight in ((self._headings, HEADING_WEIGHT), (self._lead_in, LEAD_IN_WEIGHT)):
+        for field, weight in (
+            (self._headings, HEADING_WEIGHT),
+            (self._lead_in, LEAD_IN_WEIGHT),
+            (self._section, SECTION_WEIGHT),
+        ):
             extra = field.scores(terms)
             if extra is not None:
                 total += weight * extra
@@ -227,7 +297,8 @@ class BM25Index:
     def reference_score(self, query: str) -> float:
         """BM25 of an average-length page holding each query word once: the sum of idfs."""
         return sum(
-            self._idf_of(self._doc_freq.get(term, 0)) for term in dict.fromkeys(tokenize(query))
+            self._idf_of(self._doc_freq.get(term, 0))
+            for term in dict.fromkeys(tokenize_query(query))
         )
 
     def relevance(self, query: str) -> dict[str, float]:
@@ -253,6 +324,29 @@ def rank_pages(
     text = index.relevance_of(query, raw)
     weight = {"text": 1.0, "image": 0.0}.get(mode, TEXT_WEIGHT)
     return fuse(clip_scores, text, k=k, text_weight=weight, tiebreak=raw)
+
+
+def _sections(items: list[str], pages: list[PageText], position: Mapping[str, int]) -> list[str]:
+    """The heading path each page sits under: its outline `section` when the PDF has one,
+    else the last heading on the nearest page before it (within SECTION_LOOKBACK pages)."""
+    out: list[str] = []
+    for item, page in zip(items, pages, strict=True):
+        if page.section:
+            out.append(page.section)
+            continue
+        inherited = ""
+        before = previous_page_item(item)
+        for _ in range(SECTION_LOOKBACK):
+            at = position.get(before) if before is not None else None
+            if at is None:
+                break
+            heads = [h for h in pages[at].headings.splitlines() if h.strip()]
+            if heads:
+                inherited = heads[-1]
+                break
+            before = previous_page_item(items[at])
+        out.append(inherited)
+    return out
 
 
 def _page_text(page: str | PageText) -> PageText:
@@ -284,9 +378,14 @@ def _closeness(hits: list[tuple[int, int]], idf: Mapping[int, float], total: flo
 
 
 def page_index(texts: Mapping[str, str], metas: Iterable[Mapping[str, Any] | None]) -> BM25Index:
-    """The index over stored page texts and their metadata (`headings` when recorded)."""
+    """The index over stored page texts and their metadata (`headings`, `section` when
+    recorded)."""
     pages = {
-        item: PageText(text, str((meta or {}).get("headings") or ""))
+        item: PageText(
+            text,
+            str((meta or {}).get("headings") or ""),
+            str((meta or {}).get("section") or ""),
+        )
         for item, meta in zip(texts, metas, strict=True)
         for text in (texts[item],)
     }

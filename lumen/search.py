@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from lumen.answerer import MAX_ANSWER_PAGES, Answerer, PageInput
-from lumen.errors import BadRequest, LimitExceeded
+from lumen.errors import BadRequest, LimitExceeded, SpaceSwitched
 from lumen.metrics import Metrics
 from lumen.paths import resolve_item
 from lumen.vectors import normalize
@@ -50,19 +50,25 @@ class SearchHit:
 
 
 class Encoder(Protocol):
-    async def embed_text(self, text: str) -> np.ndarray: ...
-    async def embed_image(self, data: bytes) -> np.ndarray: ...
+    """Queries to vectors; `model` None is the deployed model (else a previous one)."""
+
+    async def embed_text(self, text: str, model: str | None = None) -> np.ndarray: ...
+    async def embed_image(self, data: bytes, model: str | None = None) -> np.ndarray: ...
 
 
 class Index(Protocol):
-    """The shard holding a user's space."""
+    """The shard holding a user's space; `model` is the model of the query vector."""
 
     async def search(
-        self, user: str, query: bytes, k: int, text: str | None = None
+        self, user: str, query: bytes, k: int, model: str | None = None, text: str | None = None
     ) -> list[SearchHit]: ...
     async def search_pdf(
-        self, user: str, query: bytes, text: str, k: int, mode: str
+        self, user: str, query: bytes, text: str, k: int, mode: str, model: str | None = None
     ) -> list[SearchHit]: ...
+
+
+def _no_model(user: str) -> str | None:
+    return None
 
 
 class PageStore(Protocol):
@@ -168,6 +174,17 @@ class SearchService:
     metrics: Metrics
     run_answer: Blocking = _thread
     run_io: Blocking = _thread
+    # The model of the user's active space (queries are encoded with it: during an upgrade
+    # a space on the previous model keeps answering); None: the deployed model.
+    model_of: Callable[[str], str | None] = _no_model
+
+    async def _searched(self, user: str, search: Callable[[str | None], Awaitable[T]]) -> T:
+        """`search(model)` with the user's active model; once more if the space switched
+        model in between (an upgrade's switch), so a search never sees the switch."""
+        try:
+            return await search(await self.run_io(self.model_of, user))
+        except SpaceSwitched:
+            return await search(await self.run_io(self.model_of, user))
 
     async def images(
         self,
@@ -183,16 +200,22 @@ class SearchService:
             raise BadRequest("give a text `query`, an `image`, or both")
         spans = spans if spans is not None else Spans()
         started = time.perf_counter()
-        encodes = []
-        if text is not None:
-            encodes.append(self.encoder.embed_text(text))
-        if image is not None:
-            encodes.append(self.encoder.embed_image(image))
-        with spans.span("embed"):  # text and image encode at once when both are given
-            vectors = await asyncio.gather(*encodes)
-        query = normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0].astype("<f4")
-        with spans.span("index"):
-            hits = await self.index_for(user).search(user, query.tobytes(), k, text)
+
+        async def search(model: str | None) -> list[SearchHit]:
+            encodes = []
+            if text is not None:
+                encodes.append(self.encoder.embed_text(text, model))
+            if image is not None:
+                encodes.append(self.encoder.embed_image(image, model))
+            with spans.span("embed"):  # text and image encode at once when both are given
+                vectors = await asyncio.gather(*encodes)
+            query = normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0]
+            with spans.span("index"):
+                return await self.index_for(user).search(
+                    user, query.astype("<f4").tobytes(), k, model, text=text
+                )
+
+        hits = await self._searched(user, search)
         self.metrics.search_seconds("/search", time.perf_counter() - started)
         return [
             ImageResult(h.item, h.caption, round(h.similarity, 6), h.matched or ("image",), h.words)
@@ -202,9 +225,14 @@ class SearchService:
     async def pdf(self, user: str, text: str, k: int, mode: SearchMode) -> PdfAnswer:
         """The best pages for a question, and Gemini's answer from the first one."""
         started = time.perf_counter()
-        query = (await self.encoder.embed_text(text)).astype("<f4").tobytes()
         wanted = max(k, MAX_ANSWER_PAGES)  # the answerer chooses among the best 3
-        hits = await self.index_for(user).search_pdf(user, query, text, wanted, str(mode))
+
+        async def search(model: str | None) -> list[SearchHit]:
+            query = (await self.encoder.embed_text(text, model)).astype("<f4").tobytes()
+            index = self.index_for(user)
+            return await index.search_pdf(user, query, text, wanted, str(mode), model)
+
+        hits = await self._searched(user, search)
         if not hits:
             return PdfAnswer(text)
         metas = await self.run_io(self.pages.meta, user, [h.item for h in hits])

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from lumen.config import IndexSettings, Settings
-from lumen.errors import ModelMismatch
+from lumen.errors import ModelMismatch, SpaceSwitched
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.metrics import ShardMetrics
 from lumen.pdfsearch import BM25Index, page_index, rank_pages
@@ -93,6 +93,7 @@ class Space:
     dim: int
     images: UserIndex
     pdf_pages: UserIndex
+    model: str = ""  # the model of the vectors (a switch after an upgrade changes it)
     bm25: BM25Index | None = None
     bm25_bytes: int = 0
     words: BM25Index | None = None
@@ -154,12 +155,18 @@ class SpaceRegistry:
         Redis counts the user's vectors; a vector is only ever added (commit) or all are
         removed (reset, which also drops the mirror), so a count that differs means the
         mirror missed something (a lost reply, a shard that died mid-commit): rebuild it.
+        A space whose model changed (the switch after an upgrade) is rebuilt too.
         """
         space = self.spaces.get(user)
         if space is None:
             return False
         stored = self.stores.vectors.count(user)
         mirrored = len(space.images)
+        info = self.stores.vectors.info(user)
+        if info is not None and info.model != space.model:
+            self.spaces.pop(user, None)
+            self.load(user)
+            return False  # not a repair: the space moved to another model
         if stored == mirrored:
             return False
         self.spaces.pop(user, None)
@@ -210,7 +217,10 @@ class SpaceRegistry:
                 pdf_vecs = vecs[by_id[np.searchsorted(ids, pdf_ids, sorter=by_id)]]
             del ids, vecs
         space = Space(
-            dim=version.dim, images=images, pdf_pages=new_index(version.dim, self.settings.index)
+            dim=version.dim,
+            images=images,
+            pdf_pages=new_index(version.dim, self.settings.index),
+            model=version.model,
         )
         space.used_at = now
         if pdf_vecs is not None:
@@ -268,12 +278,23 @@ class SpaceRegistry:
         user: str,
         committed: dict[str, int],
         vectors: dict[str, np.ndarray],
+        model: str | None = None,
         words: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated);
-        `words`: items committed with OCR words (the words index is rebuilt on next use)."""
+        `words`: items committed with OCR words (the words index is rebuilt on next use).
+
+        Vectors of another model than the mirror's (committed just after a switch) mean
+        the mirror is of the old space: it is rebuilt from Redis, which holds them already.
+        """
+        space = self.spaces.get(user)
+        if space is not None and model is not None and space.model != model:
+            self.spaces.pop(user, None)
         space = self.load(user)
-        if space is None or not committed:
+        if space is not None and words:  # the words are the item's: whichever model's vectors
+            space.words = None
+            space.words_bytes = 0
+        if space is None or not committed or (model is not None and space.model != model):
             return
         items = list(committed)
         ids = np.asarray([committed[i] for i in items], dtype=np.int64)
@@ -284,9 +305,6 @@ class SpaceRegistry:
             space.pdf_pages.upsert(ids[pdf], vecs[pdf])
             space.bm25 = None
             space.bm25_bytes = 0
-        if words:
-            space.words = None
-            space.words_bytes = 0
         if self._worth_a_snapshot(len(space.images)):
             space.changed(self.clock())
         self._enforce_budget(keep=user)
@@ -420,14 +438,21 @@ class SpaceRegistry:
         }
 
     def search(
-        self, user: str, query: np.ndarray, k: int, text: str | None = None
+        self,
+        user: str,
+        query: np.ndarray,
+        k: int,
+        model: str | None = None,
+        text: str | None = None,
     ) -> list[SearchHit]:
-        """The `k` items nearest `query`; with the query's `text`, fused with the words OCR
-        read in photos (lumen.photosearch)."""
+        """The `k` items nearest `query`, a vector of `model` (checked against the space's
+        model); with the query's `text`, fused with the words OCR read in photos
+        (lumen.photosearch: the words are the item's, the same whichever model is active)."""
         self.converge(user)
         space = self.load(user)
         if space is None or len(space.images) == 0:
             return []
+        self._check_model(space, model)
         self._check_dim(user, query)
         matched = relevance(self._words(user, space), text) if text else {}
         if not matched:
@@ -482,13 +507,20 @@ class SpaceRegistry:
         ]
 
     def search_pdf(
-        self, user: str, query_vec: np.ndarray, query: str, k: int, mode: str = "fused"
+        self,
+        user: str,
+        query_vec: np.ndarray,
+        query: str,
+        k: int,
+        mode: str = "fused",
+        model: str | None = None,
     ) -> list[SearchHit]:
         """Best PDF pages: `fused` (CLIP + page text), or `text` / `image` alone."""
         self.converge(user)
         space = self.load(user)
         if space is None or len(space.pdf_pages) == 0:
             return []
+        self._check_model(space, model)
         self._check_dim(user, query_vec)
         n = len(space.pdf_pages)
         clip_hits = space.pdf_pages.search(query_vec.reshape(1, -1), n)[0]
@@ -504,6 +536,13 @@ class SpaceRegistry:
             SearchHit(h.item, float(h.clip_similarity or 0.0), "", h.text_score, h.score)
             for h in fused
         ]
+
+    @staticmethod
+    def _check_model(space: Space, model: str | None) -> None:
+        if model is not None and space.model and model != space.model:
+            raise SpaceSwitched(
+                f"this space now holds model {space.model}, not {model}: search again"
+            )
 
     def _check_dim(self, user: str, query: np.ndarray) -> None:
         space = self.spaces.get(user)

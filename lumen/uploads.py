@@ -188,6 +188,7 @@ class UploadService:
                     "page": page.page_number,
                     "text_source": page.text_source,
                     "headings": page.headings,
+                    "section": page.section,
                 },
                 text=page.text[:cap],
                 size=page.path.stat().st_size,

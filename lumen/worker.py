@@ -15,7 +15,7 @@ import psutil
 import torch
 
 from lumen.captions import Captioner
-from lumen.config import Settings
+from lumen.config import ModelSettings, Settings
 from lumen.embedding import ClipModel
 from lumen.errors import LumenError
 from lumen.gpu_decode import (
@@ -52,6 +52,12 @@ class EmbedResult:
     dim: int = 0
     words: str = ""  # what OCR read in the photo ("" without text or without OCR)
     ocr_note: str = ""  # why OCR read nothing, when it tried and failed (lumen.ocr notes)
+    # While the user's active space holds a previous model (an upgrade in progress), the
+    # item is embedded with that model too: committed to the active space, and `vector` to
+    # the re-embedding's NEXT space (docs/models.md). `words` are the item's, read once.
+    alt_vector: bytes | None = None
+    alt_model_id: str = ""
+    alt_dim: int = 0
 
 
 # Consecutive failed forward passes after which a replica reports itself unhealthy.
@@ -92,6 +98,8 @@ class EmbedderCore:
         self.forward_failures = 0
         self.last_forward_error: str | None = None
         self.batch_decoder = self._batch_decoder(decode_device, threads)
+        # Previous models by id (None: cannot be loaded), loaded on first need.
+        self.others: dict[str, ClipModel | None] = {}
 
     def _batch_decoder(self, device: str | None, threads: int | None) -> BatchDecoder | None:
         """The batched JPEG decoder, or None: every item decodes with Pillow, as on CPUs."""
@@ -206,6 +214,40 @@ class EmbedderCore:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self.model.encode_texts(texts)
+
+    def other_model(
+        self, model_id: str, lookup: Callable[[str], ModelSettings | None]
+    ) -> ClipModel | None:
+        """The previous model `model_id` (settings from `lookup`), loaded once; None when it
+        is unknown or fails to load (said once in the log)."""
+        if model_id not in self.others:
+            settings = lookup(model_id)
+            model: ClipModel | None = None
+            if settings is not None:
+                try:
+                    model = ClipModel.from_settings(settings)
+                except Exception:  # noqa: BLE001 - reported; its users' queries get a 409
+                    log.exception("previous model %s could not be loaded", model_id)
+            if model is not None and model.model_id != model_id:
+                log.error("settings recorded for %s load %s", model_id, model.model_id)
+                model = None
+            self.others[model_id] = model
+        return self.others[model_id]
+
+    def embed_with(self, model: ClipModel, user: str, items: list[str]) -> list[np.ndarray | None]:
+        """Vectors of `items` by a previous model (its own preprocessing), None where the
+        item cannot be read; unbatched across requests: only uploads during an upgrade."""
+        tensors: list[torch.Tensor | None] = []
+        for item in items:
+            try:
+                path = resolve_item(self.settings.data_dir, user, item)
+                img = open_image(path, max_pixels=self.settings.limits.max_image_pixels)
+                tensors.append(model.preprocess_image(img))
+            except Exception:  # noqa: BLE001 - the deployed model's result says why
+                tensors.append(None)
+        good = [t for t in tensors if t is not None]
+        vectors = iter(model.encode_image_tensors(torch.stack(good)) if good else [])
+        return [None if t is None else next(vectors) for t in tensors]
 
     def result(
         self, user: str, item: str, vector: np.ndarray, caption: str, words: Words | None = None

@@ -11,6 +11,7 @@ from deployments.deps import AUTH_ERRORS, CurrentUser, StreamAuth, Svc
 from deployments.schemas import DoneResponse, MessageResponse, RetryResponse
 from deployments.sse import sse_stream
 from lumen.readiness import pending_items, waiting_reason
+from lumen.storage.reindex import UNFINISHED
 
 router = APIRouter(tags=["queue"], responses=AUTH_ERRORS)
 
@@ -20,7 +21,8 @@ async def status(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResp
     """Server-Sent Events: the caller's queue, processing, done, errors and retries on change.
 
     Auth: bearer header, or `?ticket=` (from `POST /stream-ticket`) for browsers' EventSource.
-    While items wait and no Embedder replica runs, `waiting_for_worker` says why.
+    While items wait and no Embedder replica runs, `waiting_for_worker` says why; while the
+    caller's space is being re-embedded after a model upgrade, `reindex` shows its progress.
     """
 
     async def snapshot() -> object:
@@ -29,6 +31,9 @@ async def status(request: Request, grant: StreamAuth, svc: Svc) -> StreamingResp
             reason = waiting_reason(status, await svc.readiness.embedder())
             if reason:
                 status["waiting_for_worker"] = reason
+        progress = await svc.executors.blocking.run(svc.stores.spaces.progress, grant.user)
+        if progress is not None and progress["state"] in UNFINISHED:  # only while it runs
+            status["reindex"] = progress
         return status
 
     return sse_stream(request, svc, grant, snapshot)

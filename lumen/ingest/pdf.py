@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -67,6 +68,15 @@ HEADING_SIZE_RATIO = 1.15  # a line this much larger than the body text is a hea
 MAX_HEADING_CHARS = 400
 MAX_HEADING_WORDS = 14  # a bold line longer than this is emphasis, not a heading
 _BOLD_FLAG = 16  # PyMuPDF span flag
+MAX_SECTION_CHARS = 300
+_SECTION_NUMBER = re.compile(r"^(?:[A-Z]\.)?\d+(?:\.\d+)+\.?$")  # 2.4, 2.5.1, C.1.2
+_HEADING_TITLE = re.compile(r"^[A-Z][\w’'()/-]*(?: [\w’'()/&,:-]+){0,9}\.?$")
+_NUMBERED_HEADING = re.compile(
+    r"^(?P<number>(?:[A-Z]\.)?\d+(?:\.\d+)+\.?) (?P<title>[A-Z][\w’'()/-]*"
+    r"(?: [\w’'()/&,:-]+){0,9}\.?)$"
+)
+_OUTLINE_JUNK = re.compile(r"\\[a-z]+|[\x00-\x1f{}$\\]")
+_ENDS_IN_PAGE_NUMBER = re.compile(r"(?:\s|\.)\d+$")
 
 TEXT_SOURCES = ("text", "ocr", "none")
 
@@ -76,7 +86,8 @@ class RenderedPage:
     """One rendered page: its JPEG on disk, 1-based number, extracted text and hash.
 
     `text_source` is where `text` came from ("text", "ocr" or "none"); `headings` is the
-    page's heading lines; `note` is set when OCR was skipped or failed for the page.
+    page's heading lines; `section` is the heading path the page sits under, from the PDF's
+    outline ("" without one); `note` is set when OCR was skipped or failed for the page.
     """
 
     path: Path
@@ -86,6 +97,7 @@ class RenderedPage:
     text_source: str = "text"
     headings: str = ""
     note: str = ""
+    section: str = ""
 
 
 _NOTE_WORDS = {
@@ -300,10 +312,42 @@ def render_in_process(
             pages.append(page)
             lines.append(page_lines)
         body = body_text_size(lines)
+        sections = outline_sections(_outline(doc), count)
         return [
-            replace(page, headings=heading_text(page_lines, body))
-            for page, page_lines in zip(pages, lines, strict=True)
+            replace(
+                page,
+                headings=heading_text(page_lines, body, page.text),
+                section=section,
+            )
+            for page, page_lines, section in zip(pages, lines, sections, strict=True)
         ]
+
+
+def _outline(doc: Any) -> list[tuple[int, str, int]]:
+    try:
+        return [(int(level), str(title), int(page)) for level, title, page, *_ in doc.get_toc()]
+    except Exception:  # noqa: BLE001 (a broken outline is no outline)
+        return []
+
+
+def outline_sections(outline: list[tuple[int, str, int]], count: int) -> list[str]:
+    """Per page, the heading path it sits under: the outline entries open at the top of
+    the page, then those that start on it (`outline`: (level, title, 1-based page))."""
+    starts: dict[int, list[tuple[int, str]]] = {}
+    for level, title, page in outline:
+        clean = " ".join(_OUTLINE_JUNK.sub(" ", title).split())
+        if 1 <= page <= count and clean:
+            starts.setdefault(page, []).append((level, clean))
+    sections: list[str] = []
+    open_path: list[tuple[int, str]] = []
+    for number in range(1, count + 1):
+        here = starts.get(number, [])
+        entered = [title for level, title in here if (level, title) not in open_path]
+        titles = [title for _, title in open_path] + entered
+        sections.append(" / ".join(dict.fromkeys(titles))[:MAX_SECTION_CHARS])
+        for level, title in here:
+            open_path = [e for e in open_path if e[0] < level] + [(level, title)]
+    return sections
 
 
 def body_text_size(pages: list[list[tuple[float, bool, str]]]) -> float:
@@ -315,20 +359,44 @@ def body_text_size(pages: list[list[tuple[float, bool, str]]]) -> float:
     return chars.most_common(1)[0][0] if chars else 0.0
 
 
-def heading_text(lines: list[tuple[float, bool, str]], body_size: float) -> str:
-    """The page's heading lines: larger than the body text, or short and all bold."""
-    if body_size <= 0:
-        return ""
+def heading_text(lines: list[tuple[float, bool, str]], body_size: float, text: str = "") -> str:
+    """The page's heading lines: larger than the body text, or short and all bold, then
+    numbered section titles found in `text` ("2.4 Sizing parallel tasks", also where the
+    fonts say nothing: bitmap fonts, OCR)."""
     heads = [
-        text
-        for size, bold, text in lines
-        if any(ch.isalpha() for ch in text)
+        line
+        for size, bold, line in lines
+        if body_size > 0
+        and any(ch.isalpha() for ch in line)
         and (
             size >= body_size * HEADING_SIZE_RATIO
-            or (bold and len(text.split()) <= MAX_HEADING_WORDS)
+            or (bold and len(line.split()) <= MAX_HEADING_WORDS)
         )
     ]
+    known = {" ".join(h.split()) for h in heads}
+    heads += [h for h in numbered_headings(text) if h not in known]
     return "\n".join(heads)[:MAX_HEADING_CHARS]
+
+
+def numbered_headings(text: str) -> list[str]:
+    """Section titles numbered like "2.4 Sizing parallel tasks." or "2.5.1" on a line of
+    its own above "External vertices"; a line ending in a page number (contents) is not one."""
+    lines = [" ".join(ln.split()) for ln in text.splitlines()]
+    found: list[str] = []
+    for at, line in enumerate(lines):
+        match = _NUMBERED_HEADING.match(line)
+        if match and match["title"]:
+            title = match["title"]
+        elif _SECTION_NUMBER.match(line) and at + 1 < len(lines):
+            title = lines[at + 1]
+            if not _HEADING_TITLE.match(title):
+                continue
+        else:
+            continue
+        if _ENDS_IN_PAGE_NUMBER.search(title):
+            continue
+        found.append(f"{match['number'] if match else line} {title.rstrip('.')}".strip())
+    return found
 
 
 def _line_styles(page: Any) -> list[tuple[float, bool, str]]:

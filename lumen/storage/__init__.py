@@ -12,6 +12,7 @@ from lumen.keys import Keys
 from lumen.storage.client import Client
 from lumen.storage.events import EventStore, HeartbeatStore
 from lumen.storage.queue import QueueStatus, QueueStore, Usage
+from lumen.storage.reindex import SpaceStore
 from lumen.storage.users import UserStore
 from lumen.storage.vectors import VectorStore
 
@@ -22,6 +23,7 @@ __all__ = [
     "HeartbeatStore",
     "QueueStatus",
     "QueueStore",
+    "SpaceStore",
     "Stores",
     "Usage",
     "UserStore",
@@ -85,6 +87,7 @@ class Stores:
         self.users = UserStore(self.redis, keys)
         self.queue = QueueStore(self.redis, keys, shards=settings.queue.dispatchers)
         self.vectors = VectorStore(self.redis, keys)
+        self.spaces = SpaceStore(self.redis, keys)
         self.events = EventStore(self.redis, keys, cap=settings.monitor.max_events)
         self.heartbeats = HeartbeatStore(self.redis, keys, ttl_s=settings.monitor.dead_ttl_s)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lumen.keys import Keys, shard_of
+from lumen.keys import NEXT, OLD, Keys, shard_of
 from lumen.states import ItemState
 from lumen.storage import scripts
 from lumen.storage.client import Client
@@ -218,13 +218,7 @@ class QueueStore:
         return len(seen)
 
     def _users_with(self, template: Callable[[str], str], count: int) -> Iterator[str]:
-        """Users having a key of this per-user template (SCAN, every node of a cluster)."""
-        head, _, tail = template("\0").partition("{\0}")
-        pattern = f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}"
-        for key in self._r.scan_iter(match=pattern, count=count):
-            name = text(key)
-            if name.startswith(head + "{") and name.endswith("}" + tail):
-                yield name[len(head) + 1 : len(name) - len(tail) - 1]
+        return users_with(self._r, template, count)
 
     def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]:
         k = self._k
@@ -370,7 +364,12 @@ class QueueStore:
         k = self._k
         while True:  # again when a commit issued ids beyond the blocks declared
             last = int(self._r.get(k.vseq(user)) or 0)
-            keys = [k.vseq(user), *k.user_keys(user), *k.vblocks(user, last)]
+            others = [
+                block
+                for space in (NEXT, OLD)
+                for block in k.vblocks(user, int(self._r.get(k.vseq(user, space)) or 0), space)
+            ]  # a re-embedding's space and a kept old one
+            keys = [k.vseq(user), *k.user_keys(user), *k.vblocks(user, last), *others]
             if self._reset(keys=keys, args=[last]):
                 break
         self._settle_active(user)
@@ -450,6 +449,16 @@ class QueueStore:
         counts = pipe.execute() if users or busy else []
         queued, processing = counts[: len(users)], counts[len(users) :]
         return {"queued": int(sum(queued)), "processing": int(sum(processing))}
+
+
+def users_with(client: Client, template: Callable[[str], str], count: int) -> Iterator[str]:
+    """Users having a key of this per-user template (SCAN, every node of a cluster)."""
+    head, _, tail = template("\0").partition("{\0}")
+    pattern = f"{_glob_escape(head)}{{*}}{_glob_escape(tail)}"
+    for key in client.scan_iter(match=pattern, count=count):
+        name = text(key)
+        if name.startswith(head + "{") and name.endswith("}" + tail):
+            yield name[len(head) + 1 : len(name) - len(tail) - 1]
 
 
 def _glob_escape(value: str) -> str:

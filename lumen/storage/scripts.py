@@ -371,3 +371,114 @@ for i = 1, #ARGV do
 end
 return out
 """
+
+# A re-embedding's vectors into the user's NEXT space (`next:` keys, the same block layout),
+# idempotent by item: an item keeps its id there and a rewrite overwrites its vector. Only
+# items done or in processing are taken (a reset, which clears both, is never undone), and
+# only while the active space holds another model (after the switch there is nothing to
+# migrate, and a late write must not start a stray space).
+# KEYS: done, processing, vinfo, next vid, next vitem, next vseq, next vinfo, next vec
+#       (never written: no legacy layout), vscratch, caption, next block*
+# ARGV: model_id, dim, ids per block, block count, block number*, (item, bytes, caption)*
+# Returns {status, {item, id}*}: 'ok', 'blocks' (as COMMIT_VECTORS), 'same' (the active
+# space already holds this model, or none: nothing written) or 'model_mismatch:<model>' (the
+# NEXT space holds another model's vectors).
+WRITE_SPACE = (
+    """
+local active = redis.call('HGET', KEYS[3], 'model')
+if not active or active == ARGV[1] then return {'same', {}} end
+local info = redis.call('HMGET', KEYS[7], 'model', 'dim')
+if info[1] and (info[1] ~= ARGV[1] or info[2] ~= ARGV[2]) then
+  return {'model_mismatch:' .. info[1] .. '/' .. info[2], {}}
+end
+local row, per, nblocks = 4 * tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local legacy_key, scratch = KEYS[8], KEYS[9]
+local blocks = {}
+for j = 1, nblocks do blocks[tonumber(ARGV[4 + j])] = KEYS[10 + j] end
+local first = 5 + nblocks
+"""
+    + _BLOCKS
+    + """
+local function wanted(item)
+  return redis.call('ZSCORE', KEYS[1], item) or redis.call('HEXISTS', KEYS[2], item) == 1
+end
+local seq = tonumber(redis.call('GET', KEYS[6]) or '0')
+for i = first, #ARGV, 3 do
+  if wanted(ARGV[i]) then
+    local id = redis.call('HGET', KEYS[4], ARGV[i])
+    if id then id = tonumber(id) else seq = seq + 1; id = seq end
+    if not blocks[block_of(id)] then return {'blocks', {}} end
+  end
+end
+local written = {}
+for i = first, #ARGV, 3 do
+  local item = ARGV[i]
+  if wanted(item) then
+    local id = redis.call('HGET', KEYS[4], item)
+    if not id then
+      id = tostring(redis.call('INCR', KEYS[6]))
+      redis.call('HSET', KEYS[4], item, id)
+      redis.call('HSET', KEYS[5], id, item)
+    end
+    store(tonumber(id), ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[10], item, ARGV[i + 2]) end
+    table.insert(written, item)
+    table.insert(written, id)
+  end
+end
+if #written > 0 and not info[1] then
+  redis.call('HSET', KEYS[7], 'model', ARGV[1], 'dim', ARGV[2])
+end
+return {'ok', written}
+"""
+)
+
+# The switch: the NEXT space becomes the active one, atomically, only when it holds a vector
+# of model ARGV[1] for every done item (checked here, in the same step). The active space is
+# renamed to the OLD keys (ARGV[2] = '1') or deleted.
+# KEYS: done, then 5 keys per space in the order vinfo, vid, vitem, vseq, vec (legacy) for
+#       ACTIVE, NEXT and OLD (KEYS[2..16]), then the active blocks (ARGV[3] of them), as
+#       many OLD block keys, the NEXT blocks (ARGV[4] of them) and as many active block keys
+# ARGV: model_id, keep old ('1'/'0'), active block count, next block count, the last active
+#       id and the last NEXT id the blocks cover
+# Returns {status, n}: 'ok' (n vectors now active), 'missing' (n done items have no vector
+# in NEXT yet), 'no_space' (NEXT holds no vectors of this model), 'blocks' (ids moved past
+# the declared blocks: declare again).
+SWITCH_SPACE = """
+local A, N, O = 2, 7, 12
+local info = redis.call('HGET', KEYS[N], 'model')
+if info ~= ARGV[1] then return {'no_space', 0} end
+if tonumber(redis.call('GET', KEYS[A + 3]) or '0') > tonumber(ARGV[5])
+  or tonumber(redis.call('GET', KEYS[N + 3]) or '0') > tonumber(ARGV[6]) then
+  return {'blocks', 0}
+end
+local missing = 0
+for _, item in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('HEXISTS', KEYS[N + 1], item) == 0 then missing = missing + 1 end
+end
+if missing > 0 then return {'missing', missing} end
+local nold, nnext = tonumber(ARGV[3]), tonumber(ARGV[4])
+local keep = ARGV[2] == '1'
+local function move(from, to)
+  redis.call('DEL', to)
+  if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) end
+end
+for j = 0, 4 do
+  if keep then move(KEYS[A + j], KEYS[O + j]) elseif j ~= 3 then redis.call('DEL', KEYS[A + j]) end
+end
+local base = 16
+for j = 1, nold do
+  if keep then move(KEYS[base + j], KEYS[base + nold + j])
+  else redis.call('DEL', KEYS[base + j]) end
+end
+for j = 0, 3 do move(KEYS[N + j], KEYS[A + j]) end
+base = 16 + 2 * nold
+for j = 1, nnext do move(KEYS[base + j], KEYS[base + nnext + j]) end
+return {'ok', redis.call('HLEN', KEYS[A + 2])}
+"""
+
+# KEYS: any keys of one user   Deletes them all (a space given up: another model deployed).
+DELETE_KEYS = """
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+return #KEYS
+"""

@@ -45,7 +45,8 @@ class StoreCommit:
     ) -> dict[str, int]:
         committed = self.stores.vectors.commit(user, model_id, dim, rows)
         vectors = {row[0]: decode_vectors([row[1]], dim)[0] for row in rows}
-        self.registry.add(user, committed, vectors, {row[0] for row in rows if row[3:4] != ("",)})
+        read = {row[0] for row in rows if row[3:4] != ("",)}
+        self.registry.add(user, committed, vectors, words=read)
         return committed
 
 

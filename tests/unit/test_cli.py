@@ -632,3 +632,27 @@ def test_deleting_a_failed_item_prints_the_services_message(capsys: Any) -> None
     fake = FakeLumen({("DELETE", "/queue/bad.jpg"): answer})
     assert run(["delete", "bad.jpg"], fake.client()) == 0
     assert capsys.readouterr().out == "Removed 1 occurrence(s) of bad.jpg from queue.\n"
+
+
+def test_reindex_starts_the_job_for_one_user_and_prints_its_progress(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = {
+        "model": "B:b.safetensors",
+        "job": "B:b.safetensors",
+        "users_on_other_models": ["al"],
+        "users": {"al": {"state": "running", "model": "B:b.safetensors", "total": 9, "done": 4}},
+    }
+    fake = FakeLumen({("POST", "/admin/reindex"): httpx.Response(200, json=report)})
+    assert run(["reindex", "--user", "al"], client=fake.client()) == 0
+    [request] = fake.requests
+    assert request.content == b"user=al"
+    out = capsys.readouterr().out
+    assert "job: B:b.safetensors" in out and "running" in out and "4/9" in out
+
+
+def test_reindex_status_only_reads_the_progress() -> None:
+    report = {"model": "B", "job": None, "users_on_other_models": [], "users": {}}
+    fake = FakeLumen({("GET", "/admin/reindex"): httpx.Response(200, json=report)})
+    assert run(["reindex", "--status", "--json"], client=fake.client()) == 0
+    assert [r.method for r in fake.requests] == ["GET"]

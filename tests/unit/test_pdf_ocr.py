@@ -21,7 +21,9 @@ from lumen.ingest.pdf import (
     body_text_size,
     heading_text,
     needs_ocr,
+    numbered_headings,
     ocr_note,
+    outline_sections,
     render_pdf,
 )
 from tests.support.hostile import make_pdf
@@ -141,3 +143,48 @@ def test_ocr_note_names_the_pages_and_says_they_are_queued() -> None:
     note = ocr_note([page(n, OCR_TIMEOUT_NOTE) for n in range(1, 14)] + [page(14, OCR_FAILED_NOTE)])
     assert "OCR ran out of time on 13 pages (1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 3 more)" in note
     assert "OCR failed on 1 page (14)" in note and "queued without text" in note
+
+
+def test_numbered_section_titles_are_headings_even_without_font_cues() -> None:
+    # OCR text and bitmap (Type 3) fonts carry no sizes: the numbering says it
+    text = "\n".join(
+        [
+            "Body text that runs on and on.",
+            "2.4 Sizing parallel tasks.",
+            "More body text.",
+            "2.5.1",
+            "External vertices",
+            "1.2 Concept . . . . . . 7",  # a contents line
+            "3.1 Installation 12",  # a contents line without leaders
+            "1.1 the lower-case start is prose",
+        ]
+    )
+    assert numbered_headings(text) == ["2.4 Sizing parallel tasks", "2.5.1 External vertices"]
+    assert heading_text([], 0.0, text).split("\n") == [
+        "2.4 Sizing parallel tasks",
+        "2.5.1 External vertices",
+    ]
+
+
+def test_outline_sections_give_each_page_the_heading_path_it_sits_under() -> None:
+    outline = [(1, "1 Intro", 2), (2, "1.1 Setup", 2), (2, "1.2 {\\tt Use}", 4), (1, "2 Next", 5)]
+    assert outline_sections(outline, 6) == [
+        "",
+        "1 Intro / 1.1 Setup",
+        "1 Intro / 1.1 Setup",
+        "1 Intro / 1.1 Setup / 1.2 Use",
+        "1 Intro / 1.2 Use / 2 Next",
+        "2 Next",
+    ]
+    assert outline_sections([(1, "Past the end", 9)], 2) == ["", ""]
+
+
+def test_rendered_pages_carry_their_outline_section(tmp_path: Path) -> None:
+    import pymupdf
+
+    doc = pymupdf.open()
+    for words in ("Cleaning the kettle.", "Descaling with vinegar.", "Warranty terms."):
+        doc.new_page().insert_text((72, 72), words)
+    doc.set_toc([[1, "Care", 1], [2, "Descaling", 2], [1, "Warranty", 3]])
+    pages = render_pdf(_pdf(tmp_path, doc.tobytes()), tmp_path / "out", "o", LimitSettings())
+    assert [p.section for p in pages] == ["Care", "Care / Descaling", "Care / Descaling / Warranty"]

@@ -23,6 +23,7 @@ from lumen.pdfsearch import (
     previous_page_item,
     rank_pages,
     tokenize,
+    tokenize_query,
 )
 
 APACHE = Path(__file__).resolve().parents[1] / "data" / "Apache-2.0.txt"
@@ -295,3 +296,81 @@ def test_text_mode_orders_pages_by_the_text_score_whatever_clip_says() -> None:
     hits = rank_pages(clip, index, "vinegar", mode="text", k=2)
     raw = index.scores("vinegar")
     assert [h.item for h in hits] == sorted(raw, key=lambda i: -raw[i])
+
+
+def _top_page(pages: Mapping[str, str | PageText], query: str) -> str:
+    scores = BM25Index(pages).scores(query)
+    return max(scores, key=scores.__getitem__)
+
+
+def test_typeset_ligatures_and_words_hyphenated_across_lines_match_plain_words() -> None:
+    # LaTeX PDFs give "ﬁle" (one ligature character) and "direc-\ntory" as their text
+    assert tokenize("the ﬁle was speciﬁed") == tokenize("the file was specified")
+    assert tokenize("a system direc-\ntory") == tokenize("a system directory")
+    pages = {
+        "l_page_001.jpg": "Delete the font ﬁles left in the system direc-\ntory.",
+        "l_page_002.jpg": "Fonts are drawn with a pen of the given size and a system.",
+    }
+    assert _top_page(pages, "remove font files from a system directory") == "l_page_001.jpg"
+
+
+def test_british_and_american_spellings_meet() -> None:
+    assert tokenize("colour behaviour initialise analyse centre grey") == tokenize(
+        "color behavior initialize analyze center gray"
+    )
+    pages = {
+        "c_page_001.jpg": "Lines and vertices take a color option: \\fmfv{color=red}.",
+        "c_page_002.jpg": "Lines and vertices are placed on galleries around the diagram.",
+    }
+    assert _top_page(pages, "How can I give lines and vertices a colour?") == "c_page_001.jpg"
+    # words that merely end like a British spelling keep their meaning
+    assert tokenize("four hours") == ["four", "hour"]
+
+
+def test_operators_are_words_a_question_can_ask_about() -> None:
+    assert tokenize("why is there no i++ or x += 1?") == ["++", "x", "+=", "1"]
+    assert "--" not in tokenize("a dash -- in prose")
+    pages = {
+        "o_page_001.jpg": "Postfix operators like i++ are not defined; write ++i instead.",
+        "o_page_002.jpg": "Write the loop counter instead of a constant.",
+    }
+    assert _top_page(pages, "Why is there no i++ and what can I write instead?") == "o_page_001.jpg"
+
+
+def test_how_many_asks_for_a_number() -> None:
+    assert "number" in tokenize_query("How many threads are used?")
+    assert "number" not in tokenize("How many threads are used?")
+    pages = {
+        "n_page_001.jpg": "The number of secondary threads to use is set by nbthreads.",
+        "n_page_002.jpg": "Secondary threads cannot change global variables they see.",
+        "n_page_003.jpg": "Export a function before parallel threads call it.",
+        "n_page_004.jpg": "The main thread runs the loop one step after the other.",
+    }
+    assert _top_page(pages, "How many secondary threads are used?") == "n_page_001.jpg"
+
+
+def test_a_page_inherits_the_section_it_sits_under() -> None:
+    filler = "General remarks that say nothing in particular about anything. " * 8
+    blocks = filler + " Group the work into blocks."
+    pages = {
+        "s_page_001.jpg": PageText(filler, headings="2.4 Sizing parallel tasks"),
+        "s_page_002.jpg": PageText(blocks),  # still under 2.4: no heading of its own
+        "s_page_003.jpg": PageText(filler, headings="3 Debugging"),
+        "s_page_004.jpg": PageText(blocks),  # under 3
+    }
+    scores = BM25Index(pages).scores("sizing the blocks of parallel work")
+    assert scores["s_page_002.jpg"] > scores["s_page_004.jpg"]
+    # the outline's heading path, when the PDF has one, is used instead
+    pages["s_page_004.jpg"] = PageText(blocks, section="2 Tasks / 2.4 Sizing parallel tasks")
+    outlined = BM25Index(pages).scores("sizing the blocks of parallel work")
+    assert outlined["s_page_004.jpg"] > scores["s_page_004.jpg"]
+    assert outlined["s_page_004.jpg"] > outlined["s_page_002.jpg"] * 0.9
+
+
+def test_code_and_program_output_ending_in_values_are_not_list_pages() -> None:
+    # an LP listing and a program's numeric output end their lines in numbers too
+    listing = "\n".join(f"r_{i}: + x({i},9) + x({i},12) <= 1" for i in range(1, 13))
+    output = "\n".join(["Minimal project duration is 46.00"] + ["1", "0.00", "3.00"] * 5)
+    assert not is_list_page(listing)
+    assert not is_list_page(output)
+    assert is_list_page(TOC_PAGE) and is_list_page(INDEX_PAGE)

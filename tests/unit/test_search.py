@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lumen.answerer import Answer, PageInput
-from lumen.errors import BadRequest, LimitExceeded
+from lumen.errors import BadRequest, LimitExceeded, SpaceSwitched
 from lumen.search import (
     SearchHit,
     SearchMode,
@@ -24,26 +24,41 @@ from tests.support.dispatch_fakes import FakeMetrics
 
 
 class FakeEncoder:
-    async def embed_text(self, text: str) -> np.ndarray:
+    def __init__(self) -> None:
+        self.models: list[str | None] = []
+
+    async def embed_text(self, text: str, model: str | None = None) -> np.ndarray:
+        self.models.append(model)
         return np.array([1.0, 0.0], dtype="<f4")
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
+    async def embed_image(self, data: bytes, model: str | None = None) -> np.ndarray:
+        self.models.append(model)
         return np.array([0.0, 1.0], dtype="<f4")
 
 
 class FakeIndex:
-    def __init__(self, hits: list[SearchHit]) -> None:
+    def __init__(self, hits: list[SearchHit], model: str | None = None) -> None:
         self.hits = hits
+        self.model = model  # the space's model: a query of another one is refused
         self.asked: list[tuple[str, np.ndarray, int, str | None]] = []
+        self.texts: list[str | None] = []  # the query text /search gave (photos' words)
 
     async def search(
-        self, user: str, query: bytes, k: int, text: str | None = None
+        self,
+        user: str,
+        query: bytes,
+        k: int,
+        model: str | None = None,
+        text: str | None = None,
     ) -> list[SearchHit]:
+        self.texts.append(text)
+        if self.model is not None and model != self.model:
+            raise SpaceSwitched(f"this space now holds {self.model}")
         self.asked.append((user, np.frombuffer(query, dtype="<f4"), k, None))
         return self.hits[:k]
 
     async def search_pdf(
-        self, user: str, query: bytes, text: str, k: int, mode: str
+        self, user: str, query: bytes, text: str, k: int, mode: str, model: str | None = None
     ) -> list[SearchHit]:
         self.asked.append((user, np.frombuffer(query, dtype="<f4"), k, mode))
         return self.hits[:k]
@@ -88,6 +103,51 @@ def test_a_text_and_an_image_together_search_with_their_normalised_mean(tmp_path
     assert [(r.item, r.caption, r.similarity) for r in found] == [
         ("uploads/alice/a.jpg", "a dog", 0.912346)
     ]
+
+
+def test_a_query_is_encoded_with_the_model_of_the_users_active_space(tmp_path: Path) -> None:
+    index = FakeIndex([SearchHit("uploads/alice/a.jpg", 0.5)], model="model-a")
+    encoder = FakeEncoder()
+    svc = SearchService(
+        tmp_path, encoder, {"alice": index}.__getitem__, FakePages(), FakeAnswerer(),
+        FakeMetrics(), model_of=lambda user: "model-a",
+    )  # fmt: skip
+    assert [h.item for h in asyncio.run(svc.images("alice", "dog", b"x", 1))] == [
+        "uploads/alice/a.jpg"
+    ]
+    assert encoder.models == ["model-a", "model-a"]
+
+
+def test_a_search_that_meets_the_switch_is_encoded_again_with_the_new_model(
+    tmp_path: Path,
+) -> None:
+    """The space switched to model B after the query was encoded with A: searched again."""
+    index = FakeIndex([SearchHit("uploads/alice/a.jpg", 0.5)], model="model-b")
+    models = iter(["model-a", "model-b"])
+    encoder = FakeEncoder()
+    svc = SearchService(
+        tmp_path, encoder, {"alice": index}.__getitem__, FakePages(), FakeAnswerer(),
+        FakeMetrics(), model_of=lambda user: next(models),
+    )  # fmt: skip
+    found = asyncio.run(svc.images("alice", "dog", None, 1))
+    assert [h.item for h in found] == ["uploads/alice/a.jpg"]
+    assert encoder.models == ["model-a", "model-b"]
+
+
+def test_the_query_text_reaches_the_index_with_the_model_and_again_after_the_switch(
+    tmp_path: Path,
+) -> None:
+    """Photos' OCR words are the item's, not a model's: the text goes with every try."""
+    hit = SearchHit("uploads/alice/a.jpg", 0.5, matched=("text",), words=("PARKING",))
+    index = FakeIndex([hit], model="model-b")
+    models = iter(["model-a", "model-b"])
+    svc = SearchService(
+        tmp_path, FakeEncoder(), {"alice": index}.__getitem__, FakePages(), FakeAnswerer(),
+        FakeMetrics(), model_of=lambda user: next(models),
+    )  # fmt: skip
+    [found] = asyncio.run(svc.images("alice", "parking", None, 1))
+    assert index.texts == ["parking", "parking"]
+    assert (found.matched, found.words) == (("text",), ("PARKING",))
 
 
 def test_a_search_times_its_encode_and_its_index_lookup(tmp_path: Path) -> None:

@@ -482,3 +482,4 @@ def test_pdf_pages_record_where_their_text_came_from_and_their_headings(tmp_path
 
     meta = queue.items[USER][item].meta
     assert (meta["text_source"], meta["headings"]) == ("text", "Descaling the kettle")
+    assert meta["section"] == ""  # no outline in this PDF; a page under one carries its path
