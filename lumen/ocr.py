@@ -42,7 +42,10 @@ _EDGE = 48
 # A tile looks like print when strong edges cover this share of it, in both directions
 # (letters have vertical and horizontal strokes), and a photo may show text when at least
 # `_MIN_TEXT_TILES` tiles do. Measured in bench/ocr_photos.py and tests/unit/test_ocr.py.
+# Past `_MAX_DENSITY` a tile is sensor noise or fine texture, not print: letters leave
+# background between strokes (print measured 0.12-0.27, noise 0.45-0.58).
 _MIN_DENSITY = 0.08
+_MAX_DENSITY = 0.4
 _MIN_TEXT_TILES = 3
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -83,8 +86,9 @@ def may_show_text(img: Image.Image) -> bool:
     copy about CHECK_SIDE pixels large (a JPEG's draft decode for the model is about that
     size already; a larger image is box-reduced by a whole factor), a 16 x 16 tile counts
     as print when strong edges (a grey-level step of `_EDGE`) cover `_MIN_DENSITY` of it
-    across and down. Smooth colour fields, object outlines and sensor noise do not; foliage
-    and gravel may (then Tesseract runs and finds nothing: time spent, no words lost).
+    across and down, but not more than `_MAX_DENSITY` (noise). Smooth colour fields, object
+    outlines and sensor noise do not; foliage and gravel may (then Tesseract runs and finds
+    nothing: time spent, no words lost).
     """
     factor = max(img.size) // CHECK_SIDE  # a box reduce: 3x cheaper than a resize
     small = img.reduce(factor) if factor > 1 else img
@@ -101,9 +105,12 @@ def text_tiles(grey: np.ndarray) -> int:
     across = np.abs(np.diff(grey[:height, : width + 1], axis=1)) >= _EDGE
     down = np.abs(np.diff(grey[: height + 1, :width], axis=0)) >= _EDGE
     per_tile = (rows, _TILE, cols, _TILE)
-    dense_x = across.reshape(per_tile).mean(axis=(1, 3)) >= _MIN_DENSITY
-    dense_y = down.reshape(per_tile).mean(axis=(1, 3)) >= _MIN_DENSITY
-    return int(np.count_nonzero(dense_x & dense_y))
+    x = across.reshape(per_tile).mean(axis=(1, 3))
+    y = down.reshape(per_tile).mean(axis=(1, 3))
+    print_like = (
+        (x >= _MIN_DENSITY) & (y >= _MIN_DENSITY) & (x <= _MAX_DENSITY) & (y <= _MAX_DENSITY)
+    )
+    return int(np.count_nonzero(print_like))
 
 
 def clean_words(raw: str, max_bytes: int) -> str:

@@ -3,6 +3,7 @@ that never fails an item (real Tesseract; the tests that need it skip when it is
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sys
@@ -25,6 +26,7 @@ from lumen.ocr import (
     clean_words,
     may_show_text,
 )
+from tests.support.hostile import noisy_jpegs
 from tests.support.photos import jpeg, plain_photo, png, receipt, sign
 from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
 
@@ -58,6 +60,13 @@ def test_photos_without_words_never_reach_tesseract() -> None:
     photos = [plain_photo(seed, size=(2000, 1500)) for seed in range(4)]
     assert not any(may_show_text(as_the_embedder_decodes(p)) for p in [*shapes, *photos])
     assert not may_show_text(Image.new("RGB", (8, 8), "white"))  # too small to hold a tile
+
+
+def test_noise_and_fine_texture_never_reach_tesseract() -> None:
+    """Random-noise JPEGs (the chaos tests' uploads) have strong edges everywhere: no print."""
+    noise = [Image.open(io.BytesIO(b)) for b in noisy_jpegs(4, side=160, seed=3).values()]
+    noise += [Image.open(io.BytesIO(b)) for b in noisy_jpegs(2, side=512, seed=4).values()]
+    assert not any(may_show_text(p) for p in noise)
 
 
 def test_words_are_kept_as_words_and_bounded_in_bytes_cut_at_a_word() -> None:
