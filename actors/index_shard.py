@@ -77,22 +77,32 @@ class IndexShard:
         self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
     ) -> dict[str, int]:
         """Commit the vectors the user's active space takes (`alt`: a previous model's, while
-        an upgrade is in progress; the deployed model's then go to the NEXT space)."""
+        an upgrade is in progress; the deployed model's then go to the NEXT space). Rows
+        with OCR words mark the words index for a rebuild (the words are the item's: either
+        version's commit stores them in `ocr:{u}`)."""
         previous = Vectors(*alt) if alt is not None else None
         used, committed = commit_versions(
             self.stores.vectors, self.stores.spaces, user, Vectors(model_id, dim, rows), previous
         )
         if committed:
             vectors = {
-                item: decode_vectors([blob], used.dim)[0]
-                for item, blob, _ in used.rows
-                if item in committed
+                row[0]: decode_vectors([row[1]], used.dim)[0]
+                for row in used.rows
+                if row[0] in committed
             }
-            self.registry.add(user, committed, vectors, used.model)
+            read = {row[0] for row in used.rows if len(row) > 3 and row[3]}
+            self.registry.add(user, committed, vectors, used.model, words=read & committed.keys())
         return committed
 
-    def search(self, user: str, query: bytes, k: int, model: str | None = None) -> list[SearchHit]:
-        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k, model)
+    def search(
+        self,
+        user: str,
+        query: bytes,
+        k: int,
+        model: str | None = None,
+        text: str | None = None,
+    ) -> list[SearchHit]:
+        return self.registry.search(user, np.frombuffer(query, dtype="<f4"), k, model, text)
 
     def search_pdf(
         self,

@@ -15,9 +15,11 @@ from ray import serve
 from lumen import metrics
 from lumen.config import ModelSettings, Settings
 from lumen.embedding import ClipModel, model_id_for
-from lumen.errors import ModelMismatch
+from lumen.errors import Busy, ModelMismatch
+from lumen.executors import BoundedExecutor
 from lumen.ingest.images import open_image
 from lumen.naming import worker_id
+from lumen.ocr import OCR_BUSY_NOTE, OCR_FAILED_NOTE, Words, ocr_outcome
 from lumen.storage import Stores
 from lumen.vectors import encode_vector
 from lumen.worker import EmbedderCore, EmbedResult
@@ -30,7 +32,9 @@ class Embedder:
     """One model per replica; images and texts are batched with `@serve.batch`.
 
     Decoding runs on threads outside the batch, so the model works on one batch while the next
-    batch's images are decoded. Topology and scaling come from the Serve YAML.
+    batch's images are decoded. Photos that may show words are read by Tesseract on a pool of
+    their own (`ocr.workers` threads, never the model's), while their batch runs. Topology
+    and scaling come from the Serve YAML.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -42,6 +46,8 @@ class Embedder:
         self.interval_s = settings.monitor.heartbeat_interval_s
         self._beat_task: asyncio.Task[None] | None = None
         self.max_batch_size = BATCH_SIZE
+        ocr = settings.ocr
+        self.ocr_pool = BoundedExecutor("photo OCR", ocr.workers, ocr.queue)
         self.previous = settings.reindex.previous_model
         if not self.core.null:  # a replica of a later model can load this one for its users
             with contextlib.suppress(Exception):
@@ -154,23 +160,49 @@ class Embedder:
         return list(await asyncio.gather(*(self._embed_one(user, item) for item in items)))
 
     async def _embed_one(self, user: str, item: str) -> EmbedResult:
+        reading: asyncio.Future[Words] | None = None
         try:
-            tensor = await asyncio.to_thread(self.core.decode, user, item)
+            tensor, look = await asyncio.to_thread(self.core.decode_and_look, user, item)
+            reading = self._read_words(user, item, check=False) if look else None
             vector, caption = await self._embed_batch(tensor, (user, item))
         except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
+            if reading is not None:
+                reading.cancel()
             return self.core.failure(user, item, exc)
-        return self.core.result(user, item, vector, caption)
+        words = await _words(reading)
+        self._count_ocr(words, looked=self.core.reader is not None)
+        return self.core.result(user, item, vector, caption, words)
+
+    def _count_ocr(self, words: Words | None, looked: bool) -> None:
+        if looked:
+            with contextlib.suppress(Exception):
+                metrics.ocr_photos().inc(1, tags={"outcome": ocr_outcome(words)})
 
     async def _embed_decoded(
         self, user: str, item: str, decoded: torch.Tensor | Exception
     ) -> EmbedResult:
         if isinstance(decoded, Exception):
             return self.core.failure(user, item, decoded)
+        # decoded on the GPU: the OCR thread runs the pre-check on its own small decode
+        reading = self._read_words(user, item, check=True) if self.core.reader else None
         try:
             vector, caption = await self._embed_batch(decoded, (user, item))
         except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
+            if reading is not None:
+                reading.cancel()
             return self.core.failure(user, item, exc)
-        return self.core.result(user, item, vector, caption)
+        words = await _words(reading)
+        self._count_ocr(words, looked=reading is not None)
+        return self.core.result(user, item, vector, caption, words)
+
+    def _read_words(self, user: str, item: str, check: bool) -> asyncio.Future[Words]:
+        """OCR of one photo on the OCR pool; a full pool is a note, never an error."""
+        try:
+            return self.ocr_pool.submit(self.core.read_words, user, item, time.monotonic(), check)
+        except Busy:
+            done: asyncio.Future[Words] = asyncio.get_running_loop().create_future()
+            done.set_result(Words(note=OCR_BUSY_NOTE))
+            return done
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.02)
     async def _embed_batch(
@@ -213,3 +245,13 @@ class Embedder:
         tensor = await asyncio.to_thread(self.core.decode_bytes, data)
         vectors, _ = await asyncio.to_thread(self.core.embed_tensors, [tensor])
         return encode_vector(vectors[0])
+
+
+async def _words(reading: asyncio.Future[Words] | None) -> Words | None:
+    """The OCR result of a photo (None: not read); OCR never fails the item."""
+    if reading is None:
+        return None
+    try:
+        return await reading
+    except Exception:  # noqa: BLE001 - the reader never raises; this is the last guard
+        return Words(note=OCR_FAILED_NOTE)

@@ -35,6 +35,10 @@ class SearchResult(BaseModel):
     similarity: float
     image_path: str
     image_url: str
+    # why it matched (issue 16): "image" (among CLIP's best top_k), "text" (words OCR read
+    # in the photo match the query), and those words as OCR read them
+    matched: list[str] = Field(default_factory=lambda: ["image"])
+    matched_words: list[str] = Field(default_factory=list)
 
 
 class SearchResponse(BaseModel):

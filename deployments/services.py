@@ -62,9 +62,9 @@ class ShardClient:
         self.handle = handle
 
     async def search(
-        self, user: str, query: bytes, k: int, model: str | None = None
+        self, user: str, query: bytes, k: int, model: str | None = None, text: str | None = None
     ) -> list[SearchHit]:
-        return await self.handle.search.remote(user, query, k, model)
+        return await self.handle.search.remote(user, query, k, model, text)
 
     async def search_pdf(
         self, user: str, query: bytes, text: str, k: int, mode: str, model: str | None = None

@@ -93,6 +93,39 @@ class LimitSettings(BaseModel):
     min_free_bytes: int = 1024**3
 
 
+class OcrSettings(BaseModel):
+    """Words in photos (issue 16): Tesseract on uploaded photos, in the Embedder.
+
+    A photo passes a cheap pre-check first (lumen/ocr.py), so one without text costs what it
+    did without OCR. OCR runs on a pool of its own in each replica (`workers` single-threaded
+    Tesseract processes, at most `queue` photos waiting), never on the model's threads.
+    Tesseract gets `timeout_s` per photo; a photo that waited `max_wait_s` for a thread is
+    not read. Either way it is indexed without words and noted: OCR never fails an item.
+    Keep `max_wait_s + timeout_s` under `queue.task_timeout_s`. PDFs have their own OCR
+    settings (`limits.pdf_ocr*`).
+    """
+
+    photos: bool = True
+    timeout_s: float = Field(default=10.0, ge=0)
+    max_wait_s: float = Field(default=60.0, ge=0)
+    lang: str = "eng"
+    workers: int = Field(default=1, ge=1)
+    queue: int = Field(default=256, ge=0)
+    # Photos are read at most this large (longest side, pixels) and keep at most
+    # `max_text_bytes` of words (UTF-8), cut at a word.
+    max_side: int = Field(default=2000, ge=64)
+    max_text_bytes: int = Field(default=2048, ge=0)
+
+    @field_validator("lang")
+    @classmethod
+    def _tesseract_lang(cls, value: str) -> str:
+        from lumen.ocr import valid_lang
+
+        if not valid_lang(value):
+            raise ValueError("ocr.lang must be a Tesseract language list like eng or eng+deu")
+        return value
+
+
 class AuthSettings(BaseModel):
     """Tokens, password rules and login throttling."""
 
@@ -280,6 +313,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)

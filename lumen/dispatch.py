@@ -26,6 +26,7 @@ from lumen.errors import ModelMismatch
 from lumen.events import EventKind
 from lumen.metrics import Metrics
 from lumen.states import ItemState
+from lumen.vectors import CommitRow
 from lumen.worker import EmbedResult
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Embed(Protocol):
     async def embed(self, parts: list[Part]) -> Sequence[EmbedResult]: ...
 
 
-Rows = list[tuple[str, bytes, str]]  # (item, vector bytes, caption)
+Rows = list[CommitRow]  # (item, vector bytes, caption[, OCR words, OCR note])
 Alt = tuple[str, int, Rows]  # the same items' vectors by the active space's previous model
 
 
@@ -350,10 +351,19 @@ class DispatchCore:
         for r in results:
             by_model[(r.model_id, r.dim, r.alt_model_id, r.alt_dim)].append(r)
         for (model_id, dim, alt_model, alt_dim), group in by_model.items():
-            rows = [(r.item, r.vector, r.caption) for r in group if r.vector is not None]
+            # the words OCR read belong to the item, not to a model: both versions carry them
+            rows: Rows = [
+                (r.item, r.vector, r.caption, r.words, r.ocr_note)
+                for r in group
+                if r.vector is not None
+            ]
             alt: Alt | None = None
             if alt_model:
-                alt_rows = [(r.item, r.alt_vector, r.caption) for r in group if r.alt_vector]
+                alt_rows: Rows = [
+                    (r.item, r.alt_vector, r.caption, r.words, r.ocr_note)
+                    for r in group
+                    if r.alt_vector
+                ]
                 alt = (alt_model, alt_dim, alt_rows)
             try:
                 committed = await self._commit_with_retries(user, model_id, dim, rows, alt)

@@ -18,6 +18,8 @@ Per user `u` (items are the user-relative paths the API shows, e.g. `uploads/u/a
     retries:{u}         hash   item -> retry count
     meta:{u}            hash   item -> JSON metadata (sha256, size, kind, doc, page)
     caption:{u}         hash   item -> zero-shot caption made at indexing time
+    ocr:{u}             hash   photo item -> JSON {"text", "note"}: the words OCR read in it
+                               (bounded by `ocr.max_text_bytes`) or why it read none
     pdftext:{u}         hash   PDF page item -> the page's extracted text
     sha:{u}             hash   sha256 -> item (content dedupe)
     vblk:{u}:{b}        string vectors of ids b*4095 .. b*4095+4094: id i's float32 bytes at
@@ -126,6 +128,9 @@ class Keys:
     def caption(self, user: str) -> str:
         return f"{self.ns}:caption:{{{user}}}"
 
+    def ocr(self, user: str) -> str:
+        return f"{self.ns}:ocr:{{{user}}}"
+
     def pdftext(self, user: str) -> str:
         return f"{self.ns}:pdftext:{{{user}}}"
 
@@ -205,6 +210,7 @@ class Keys:
             self.retries(user),
             self.meta(user),
             self.caption(user),
+            self.ocr(user),
             self.pdftext(user),
             self.sha(user),
             self.vec(user),

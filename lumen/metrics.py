@@ -106,6 +106,16 @@ def embed_batch_size() -> Histogram:
 
 
 @cache
+def ocr_photos() -> Counter:
+    return Counter(
+        "lumen_ocr_photos_total",
+        "Photos through OCR's pre-check, by outcome (no_text, words, empty, and the notes"
+        " ocr_timeout, ocr_failed, ocr_unavailable, ocr_busy).",
+        tag_keys=("outcome",),
+    )
+
+
+@cache
 def embed_batch_seconds() -> Histogram:
     return Histogram(
         "lumen_embed_batch_seconds", "Model forward time per batch.", boundaries=_LATENCY_BOUNDS

@@ -195,11 +195,18 @@ class BM25Index:
     """Page texts keyed by page item, scored by fielded BM25 with the adjustments above.
 
     `pages` maps an item to its text, or to a `PageText` with headings. Pages without text
-    never match.
+    never match. `page_structure=False` (photos' OCR words, lumen.photosearch) drops what
+    only pages have: the lead-in and the section inherited from the page before, and
+    list-page demotion (a receipt's lines end in numbers too).
     """
 
     def __init__(
-        self, pages: Mapping[str, str | PageText], *, k1: float = K1, b: float = B
+        self,
+        pages: Mapping[str, str | PageText],
+        *,
+        k1: float = K1,
+        b: float = B,
+        page_structure: bool = True,
     ) -> None:
         self._items = list(pages)
         page_texts = [_page_text(pages[i]) for i in self._items]
@@ -214,16 +221,21 @@ class BM25Index:
         position = {item: at for at, item in enumerate(self._items)}
         lead_ins: list[list[str]] = []
         for item in self._items:
-            before = previous_page_item(item)
+            before = previous_page_item(item) if page_structure else None
             at = position.get(before) if before is not None else None
             lead_ins.append(bodies[at][-LEAD_IN_WORDS:] if at is not None else [])
         self._body = _Field(bodies, k1, b)
         self._headings = _Field([tokenize(p.headings) for p in page_texts], k1, b)
         self._lead_in = _Field(lead_ins, k1, b)
-        self._section = _Field(
-            [tokenize(s) for s in _sections(self._items, page_texts, position)], k1, b
+        sections = (
+            _sections(self._items, page_texts, position)
+            if page_structure
+            else [""] * len(self._items)
         )
-        self._list_page = np.array([is_list_page(p.text or "") for p in page_texts], dtype=bool)
+        self._section = _Field([tokenize(s) for s in sections], k1, b)
+        self._list_page = np.array(
+            [page_structure and is_list_page(p.text or "") for p in page_texts], dtype=bool
+        )
         self._has_text = self._lengths > 0
         doc_freq: dict[str, int] = {}
         for tokens in bodies:

@@ -44,6 +44,9 @@ class SearchHit:
     caption: str = ""
     text_score: float | None = None
     fused: float | None = None
+    # /search: why it matched ("image", "text") and the photo's words that matched
+    matched: tuple[str, ...] = ()
+    words: tuple[str, ...] = ()
 
 
 class Encoder(Protocol):
@@ -57,7 +60,7 @@ class Index(Protocol):
     """The shard holding a user's space; `model` is the model of the query vector."""
 
     async def search(
-        self, user: str, query: bytes, k: int, model: str | None = None
+        self, user: str, query: bytes, k: int, model: str | None = None, text: str | None = None
     ) -> list[SearchHit]: ...
     async def search_pdf(
         self, user: str, query: bytes, text: str, k: int, mode: str, model: str | None = None
@@ -78,6 +81,8 @@ class ImageResult:
     item: str
     caption: str
     similarity: float
+    matched: tuple[str, ...] = ("image",)
+    words: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,8 @@ class SearchService:
         k: int,
         spans: Spans | None = None,
     ) -> list[ImageResult]:
-        """Items most similar to the text, the image, or both (their vectors averaged)."""
+        """Items most similar to the text, the image, or both (their vectors averaged); a
+        text also ranks photos by the words OCR read in them, fused into one ranking."""
         if text is None and image is None:
             raise BadRequest("give a text `query`, an `image`, or both")
         spans = spans if spans is not None else Spans()
@@ -206,12 +212,15 @@ class SearchService:
             query = normalize(np.mean(np.stack(vectors), axis=0, keepdims=True))[0]
             with spans.span("index"):
                 return await self.index_for(user).search(
-                    user, query.astype("<f4").tobytes(), k, model
+                    user, query.astype("<f4").tobytes(), k, model, text=text
                 )
 
         hits = await self._searched(user, search)
         self.metrics.search_seconds("/search", time.perf_counter() - started)
-        return [ImageResult(h.item, h.caption, round(h.similarity, 6)) for h in hits]
+        return [
+            ImageResult(h.item, h.caption, round(h.similarity, 6), h.matched or ("image",), h.words)
+            for h in hits
+        ]
 
     async def pdf(self, user: str, text: str, k: int, mode: SearchMode) -> PdfAnswer:
         """The best pages for a question, and Gemini's answer from the first one."""

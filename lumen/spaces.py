@@ -26,6 +26,7 @@ from lumen.errors import ModelMismatch, SpaceSwitched
 from lumen.index import IndexKind, UserIndex, nlist_for
 from lumen.metrics import ShardMetrics
 from lumen.pdfsearch import BM25Index, page_index, rank_pages
+from lumen.photosearch import CANDIDATES, fuse_photos, matching_words, relevance, words_index
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotRejected, SnapshotStore, Version, read_version, vectors_of
 from lumen.storage import Stores
@@ -86,7 +87,8 @@ def bm25_bytes(pages: Mapping[str, str]) -> int:
 
 @dataclass
 class Space:
-    """One user's vectors: all items, and PDF pages alone for PDF questions."""
+    """One user's vectors: all items, and PDF pages alone for PDF questions; BM25 over PDF
+    page texts and over the words OCR read in photos, each built on first use."""
 
     dim: int
     images: UserIndex
@@ -94,13 +96,16 @@ class Space:
     model: str = ""  # the model of the vectors (a switch after an upgrade changes it)
     bm25: BM25Index | None = None
     bm25_bytes: int = 0
+    words: BM25Index | None = None
+    words_bytes: int = 0
     # When the first change not yet in a snapshot happened, and the latest (monotonic s).
     dirty_since: float | None = None
     changed_at: float = 0.0
     used_at: float = 0.0
 
     def nbytes(self) -> int:
-        return index_bytes(self.images) + index_bytes(self.pdf_pages) + self.bm25_bytes
+        held = index_bytes(self.images) + index_bytes(self.pdf_pages)
+        return held + self.bm25_bytes + self.words_bytes
 
     def changed(self, now: float) -> None:
         if self.dirty_since is None:
@@ -274,8 +279,10 @@ class SpaceRegistry:
         committed: dict[str, int],
         vectors: dict[str, np.ndarray],
         model: str | None = None,
+        words: set[str] | frozenset[str] = frozenset(),
     ) -> None:
-        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated).
+        """Mirror freshly committed vectors (idempotent: an id is replaced, never duplicated);
+        `words`: items committed with OCR words (the words index is rebuilt on next use).
 
         Vectors of another model than the mirror's (committed just after a switch) mean
         the mirror is of the old space: it is rebuilt from Redis, which holds them already.
@@ -284,6 +291,9 @@ class SpaceRegistry:
         if space is not None and model is not None and space.model != model:
             self.spaces.pop(user, None)
         space = self.load(user)
+        if space is not None and words:  # the words are the item's: whichever model's vectors
+            space.words = None
+            space.words_bytes = 0
         if space is None or not committed or (model is not None and space.model != model):
             return
         items = list(committed)
@@ -428,17 +438,73 @@ class SpaceRegistry:
         }
 
     def search(
-        self, user: str, query: np.ndarray, k: int, model: str | None = None
+        self,
+        user: str,
+        query: np.ndarray,
+        k: int,
+        model: str | None = None,
+        text: str | None = None,
     ) -> list[SearchHit]:
-        """Best items for `query`, a vector of `model` (checked against the space's model)."""
+        """The `k` items nearest `query`, a vector of `model` (checked against the space's
+        model); with the query's `text`, fused with the words OCR read in photos
+        (lumen.photosearch: the words are the item's, the same whichever model is active)."""
         self.converge(user)
         space = self.load(user)
         if space is None or len(space.images) == 0:
             return []
         self._check_model(space, model)
         self._check_dim(user, query)
-        hits = space.images.search(query.reshape(1, -1), k)[0]
-        return self._hits(user, [(h.id, h.score) for h in hits])
+        matched = relevance(self._words(user, space), text) if text else {}
+        if not matched:
+            hits = space.images.search(query.reshape(1, -1), k)[0]
+            return self._hits(user, [(h.id, h.score) for h in hits])
+        return self._fused(user, space, query, text or "", matched, k)
+
+    def _words(self, user: str, space: Space) -> BM25Index:
+        if space.words is None:
+            words = self.stores.vectors.ocr_words(user)
+            space.words = words_index(words)
+            space.words_bytes = bm25_bytes(words)
+            self._enforce_budget(keep=user)
+        return space.words
+
+    def _fused(
+        self,
+        user: str,
+        space: Space,
+        query: np.ndarray,
+        text: str,
+        relevance: dict[str, float],
+        k: int,
+    ) -> list[SearchHit]:
+        depth = min(len(space.images), max(k, CANDIDATES))
+        hits = space.images.search(query.reshape(1, -1), depth)[0]
+        items = self.stores.vectors.items_for(user, [h.id for h in hits])
+        ids = {item: h.id for item, h in zip(items, hits, strict=True) if item}
+        clip = {item: h.score for item, h in zip(items, hits, strict=True) if item}
+        beyond = [item for item in relevance if item not in clip]  # matched words, far in CLIP
+        for item, vid in zip(beyond, self.stores.vectors.ids_for(user, beyond), strict=True):
+            if vid is not None and space.images.contains(vid):
+                ids[item] = vid
+        far = [item for item in beyond if item in ids]
+        if far:
+            vecs = vectors_of(space.images, np.asarray([ids[i] for i in far], dtype=np.int64))
+            clip.update(zip(far, (vecs @ query.astype(np.float32)).tolist(), strict=True))
+        fused = fuse_photos(clip, relevance, k)
+        described = self.stores.vectors.describe(user, [ids[h.item] for h in fused])
+        read = [h.item for h in fused if "text" in h.matched]
+        words = dict(zip(read, self.stores.vectors.ocr_words_of(user, read), strict=True))
+        return [
+            SearchHit(
+                h.item,
+                h.similarity,
+                caption,
+                fused=h.score,
+                matched=h.matched,
+                words=matching_words(words.get(h.item, ""), text),
+            )  # fmt: skip
+            for h, (_, caption) in zip(fused, described, strict=True)
+        ]
 
     def search_pdf(
         self,
@@ -489,7 +555,7 @@ class SpaceRegistry:
     def _hits(self, user: str, pairs: list[tuple[int, float]]) -> list[SearchHit]:
         described = self.stores.vectors.describe(user, [vid for vid, _ in pairs])
         return [
-            SearchHit(item, float(score), caption)
+            SearchHit(item, float(score), caption, matched=("image",))
             for (item, caption), (_, score) in zip(described, pairs, strict=True)
             if item
         ]

@@ -15,10 +15,14 @@ from typing import Protocol
 
 from lumen.errors import ModelMismatch
 from lumen.storage.vectors import IndexInfo
+from lumen.vectors import CommitRow
 
 log = logging.getLogger(__name__)
 
-Rows = list[tuple[str, bytes, str]]
+# (item, vector bytes, caption[, OCR words, OCR note]): the words OCR read are the item's, not
+# a model's; the active space's commit stores them (ocr:{u}), which no switch or dropped
+# space touches, so they stay searchable before, during and after an upgrade.
+Rows = list[CommitRow]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# What a commit stores per item: (item, vector bytes, caption), or, for a photo OCR read,
+# (item, vector bytes, caption, words, OCR note) (lumen.storage.vectors, lumen.ocr).
+CommitRow = tuple[str, bytes, str] | tuple[str, bytes, str, str, str]
+
 _WIRE_DTYPE = np.dtype("<f4")
 _UNIT_NORM_ATOL = 1e-3
 

@@ -1,4 +1,5 @@
-"""The Embedder's framework-free core: decode an item, embed batches, caption, report health."""
+"""The Embedder's framework-free core: decode an item, embed batches, caption, read the words
+in photos (OCR, by setting), report health."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from lumen.gpu_decode import (
 from lumen.ingest.images import open_image
 from lumen.models import derived_dir
 from lumen.nullmodel import NullClip
+from lumen.ocr import CHECK_DRAFT_SIDE, PhotoReader, Words, may_show_text
 from lumen.paths import resolve_item
 from lumen.vectors import encode_vector
 
@@ -48,9 +50,11 @@ class EmbedResult:
     permanent: bool = False  # True: retrying cannot help (corrupt or refused input)
     model_id: str = ""  # the model that made `vector`: an index never mixes models
     dim: int = 0
+    words: str = ""  # what OCR read in the photo ("" without text or without OCR)
+    ocr_note: str = ""  # why OCR read nothing, when it tried and failed (lumen.ocr notes)
     # While the user's active space holds a previous model (an upgrade in progress), the
     # item is embedded with that model too: committed to the active space, and `vector` to
-    # the re-embedding's NEXT space (docs/models.md).
+    # the re-embedding's NEXT space (docs/models.md). `words` are the item's, read once.
     alt_vector: bytes | None = None
     alt_model_id: str = ""
     alt_dim: int = 0
@@ -82,7 +86,13 @@ class EmbedderCore:
         self.captioner = Captioner(self.model, cache_dir=derived)
         # JPEG draft mode decodes at the smallest 1/2^k scale still >= the model's input.
         side = int(self.model.image_size)
-        self._draft = (side, side)
+        self._draft = self._look_draft = (side, side)
+        self.reader: PhotoReader | None = None
+        if settings.ocr.photos and not self.null:
+            self.reader = PhotoReader(settings.ocr, settings.limits.max_image_pixels)
+            # the pre-check looks at the model's own decode: enough pixels for it, please
+            look = max(side, CHECK_DRAFT_SIDE)
+            self._look_draft = (look, look)
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)
         self.forward_failures = 0
@@ -130,6 +140,28 @@ class EmbedderCore:
             path, max_pixels=self.settings.limits.max_image_pixels, draft_size=self._draft
         )
         return self.model.preprocess_image(img)
+
+    def decode_and_look(self, user: str, item: str) -> tuple[torch.Tensor, bool]:
+        """`decode`, and whether the photo may show words (OCR's pre-check, on the same
+        decoded image: a photo without text costs a millisecond more, nothing else)."""
+        if self.reader is None or isinstance(self.model, NullClip):
+            return self.decode(user, item), False
+        path = resolve_item(self.settings.data_dir, user, item)
+        img = open_image(
+            path, max_pixels=self.settings.limits.max_image_pixels, draft_size=self._look_draft
+        )
+        return self.model.preprocess_image(img), may_show_text(img)
+
+    def read_words(self, user: str, item: str, asked_at: float, check: bool = False) -> Words:
+        """The words OCR reads in the item (asked at `asked_at`, time.monotonic()); never
+        raises. `check`: run the pre-check first (the GPU path decodes without Pillow)."""
+        if self.reader is None:
+            return Words()
+        try:
+            path = resolve_item(self.settings.data_dir, user, item)
+        except Exception:  # noqa: BLE001 - the model's decode reports bad items
+            return Words()
+        return self.reader.read(path, asked_at, check)
 
     def decode_bytes(self, data: bytes) -> torch.Tensor:
         limits = self.settings.limits
@@ -217,10 +249,13 @@ class EmbedderCore:
         vectors = iter(model.encode_image_tensors(torch.stack(good)) if good else [])
         return [None if t is None else next(vectors) for t in tensors]
 
-    def result(self, user: str, item: str, vector: np.ndarray, caption: str) -> EmbedResult:
+    def result(
+        self, user: str, item: str, vector: np.ndarray, caption: str, words: Words | None = None
+    ) -> EmbedResult:
+        words = words or Words()
         return EmbedResult(
             user, item, self.worker_id, encode_vector(vector), caption,
-            model_id=self.model_id, dim=self.dim,
+            model_id=self.model_id, dim=self.dim, words=words.text, ocr_note=words.note,
         )  # fmt: skip
 
     def failure(self, user: str, item: str, exc: BaseException) -> EmbedResult:

@@ -44,6 +44,9 @@ async def search(
 ) -> SearchResponse:
     """Find the caller's most similar images to a text, an image, or both (vectors averaged).
 
+    A text query also matches the words OCR read in photos, fused with CLIP similarity into
+    one ranking; each result's `matched` says why it is there, `matched_words` which words.
+
     The `Server-Timing` header gives the wall time of the encode (`embed`) and the index
     lookup (`index`) in ms.
     """
@@ -63,6 +66,8 @@ async def search(
                 similarity=h.similarity,
                 image_path=f"/data/{h.item}",
                 image_url=svc.links.sign(user, h.item, ttl),
+                matched=list(h.matched),
+                matched_words=list(h.words),
             )  # fmt: skip
             for h in hits
         ]

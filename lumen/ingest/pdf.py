@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from lumen.errors import InvalidUpload, LimitExceeded
 from lumen.ingest.archive import safe_stem
+from lumen.ocr import OCR_FAILED_NOTE, OCR_TIMEOUT_NOTE, OCR_UNAVAILABLE_NOTE, ocr_page
 
 if TYPE_CHECKING:
     from lumen.config import LimitSettings
@@ -76,12 +77,8 @@ _NUMBERED_HEADING = re.compile(
 )
 _OUTLINE_JUNK = re.compile(r"\\[a-z]+|[\x00-\x1f{}$\\]")
 _ENDS_IN_PAGE_NUMBER = re.compile(r"(?:\s|\.)\d+$")
-_OCR_LANG = re.compile(r"^[A-Za-z_]+(?:\+[A-Za-z_]+)*$")
 
 TEXT_SOURCES = ("text", "ocr", "none")
-OCR_TIMEOUT_NOTE = "ocr_timeout"
-OCR_FAILED_NOTE = "ocr_failed"
-OCR_UNAVAILABLE_NOTE = "ocr_unavailable"
 
 
 @dataclass(frozen=True)
@@ -420,30 +417,6 @@ def _line_styles(page: Any) -> list[tuple[float, bool, str]]:
 def needs_ocr(text: str) -> bool:
     """True when the text layer is (nearly) empty: a scanned or image-only page."""
     return sum(ch.isalnum() for ch in text) < OCR_MIN_WORD_CHARS
-
-
-def ocr_page(image: Any, lang: str, timeout_s: float) -> tuple[str, str]:
-    """(text, note) read by Tesseract from a page bitmap; never raises.
-
-    `note` is "" on success, else OCR_TIMEOUT_NOTE, OCR_UNAVAILABLE_NOTE or OCR_FAILED_NOTE.
-    """
-    if timeout_s <= 0:
-        return "", OCR_TIMEOUT_NOTE
-    if not _OCR_LANG.match(lang):
-        return "", OCR_FAILED_NOTE
-    try:
-        import pytesseract
-
-        text = pytesseract.image_to_string(image, lang=lang, timeout=timeout_s)
-    except ImportError:
-        return "", OCR_UNAVAILABLE_NOTE
-    except Exception as exc:  # noqa: BLE001 (OCR never fails a page)
-        if type(exc).__name__ == "TesseractNotFoundError":
-            return "", OCR_UNAVAILABLE_NOTE
-        if "timeout" in str(exc).lower():
-            return "", OCR_TIMEOUT_NOTE
-        return "", OCR_FAILED_NOTE
-    return str(text).strip(), ""
 
 
 def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:

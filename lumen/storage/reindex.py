@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from lumen.storage.client import Client
 from lumen.storage.queue import users_with
 from lumen.storage.text import text, text_map
 from lumen.storage.vectors import IndexInfo, blocks_of
+from lumen.vectors import CommitRow
 
 # Progress states of one user's re-embedding (`reindex:{u}` state field).
 PENDING, RUNNING, SWITCHED, FAILED = "pending", "running", "switched", "failed"
@@ -52,15 +53,16 @@ class SpaceStore:
     # -- the NEXT space ------------------------------------------------------------------
 
     def write(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: Sequence[CommitRow]
     ) -> dict[str, int]:
         """Store (item, vector bytes, caption) rows in the NEXT space; returns item -> id of
         the rows taken (done or processing items, while the active space holds another model).
+        A row's OCR words, if any, are not the space's: the active commit keeps them (ocr:{u}).
 
         Raises ModelMismatch when the NEXT space holds another model's vectors.
         """
         k = self._k
-        for item, blob, _ in rows:
+        for item, blob, *_ in rows:
             if len(blob) != 4 * dim:
                 raise ValueError(f"{item}: {len(blob)} vector bytes, not {4 * dim} (dim {dim})")
         if not rows:
@@ -70,7 +72,7 @@ class SpaceStore:
             k.vitem(user, NEXT), k.vseq(user, NEXT), k.vinfo(user, NEXT), k.vec(user, NEXT),
             k.vscratch(user), k.caption(user),
         ]  # fmt: skip
-        items = [item for item, _, _ in rows]
+        items = [row[0] for row in rows]
         extra = 0
         while True:  # again, with more blocks, when ids moved on since they were read
             seq = int(self._r.get(k.vseq(user, NEXT)) or 0)
@@ -78,8 +80,8 @@ class SpaceStore:
             fresh = range(seq + 1, seq + len(rows) - len(known) + extra + 1)
             blocks = blocks_of([*known, *fresh], self.per)
             args: list[Any] = [model_id, dim, self.per, len(blocks), *blocks]
-            for item, blob, caption in rows:
-                args += [item, blob, caption]
+            for row in rows:
+                args += [row[0], row[1], row[2]]
             block_keys = [k.vblock(user, b, NEXT) for b in blocks]
             status, written = self._write(keys=[*keys, *block_keys], args=args)
             if text(status) != "blocks":

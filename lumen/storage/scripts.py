@@ -252,8 +252,9 @@ end
 """
 
 # KEYS: processing, deadline, done, errors, vid, vitem, vseq, vinfo, caption, vec (legacy),
-#       vscratch, block*
-# ARGV: now, model_id, dim, ids per block, block count, block number*, (item, bytes, caption)*
+#       vscratch, ocr, block*
+# ARGV: now, model_id, dim, ids per block, block count, block number*,
+#       (item, bytes, caption, ocr record or '')*
 # Returns {status, {item, id}*}: status 'ok', 'blocks' (a block it needs is not declared:
 # nothing changed) or 'model_mismatch:<stored model>'. The pairs name every item done with
 # this call's vector: committed now, or already done with the same bytes (an earlier run of
@@ -267,14 +268,14 @@ end
 local row, per, nblocks = 4 * tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local legacy_key, scratch = KEYS[10], KEYS[11]
 local blocks = {}
-for j = 1, nblocks do blocks[tonumber(ARGV[5 + j])] = KEYS[11 + j] end
+for j = 1, nblocks do blocks[tonumber(ARGV[5 + j])] = KEYS[12 + j] end
 local first = 6 + nblocks
 """
     + _BLOCKS
     + """
 -- first pass: every block this call reads or writes must be declared
 local seq = tonumber(redis.call('GET', KEYS[7]) or '0')
-for i = first, #ARGV, 3 do
+for i = first, #ARGV, 4 do
   local item = ARGV[i]
   local id = redis.call('HGET', KEYS[5], item)
   if redis.call('HEXISTS', KEYS[1], item) == 1 then
@@ -287,7 +288,7 @@ for i = first, #ARGV, 3 do
   if id and not blocks[block_of(id)] then return {'blocks', {}} end
 end
 local committed, fresh = {}, 0
-for i = first, #ARGV, 3 do
+for i = first, #ARGV, 4 do
   local item = ARGV[i]
   if redis.call('HEXISTS', KEYS[1], item) == 1 then
     redis.call('HDEL', KEYS[1], item)
@@ -300,6 +301,11 @@ for i = first, #ARGV, 3 do
     end
     store(tonumber(id), ARGV[i + 1])
     redis.call('HSET', KEYS[9], item, ARGV[i + 2])
+    if ARGV[i + 3] ~= '' then
+      redis.call('HSET', KEYS[12], item, ARGV[i + 3])
+    else
+      redis.call('HDEL', KEYS[12], item)
+    end
     redis.call('ZADD', KEYS[3], ARGV[1], item)
     redis.call('HDEL', KEYS[4], item)
     fresh = fresh + 1

@@ -1,4 +1,5 @@
-"""Vectors, their ids and captions in Redis: committed atomically with the item's `done`.
+"""Vectors, their ids, captions and photos' OCR words in Redis: committed atomically with the
+item's `done`.
 
 Vectors are packed in fixed-size blocks, `VECTOR_BLOCK_IDS` ids per Redis string (see
 `lumen.keys`), so Redis holds about their raw bytes (a hash field per vector cost 1.27x).
@@ -8,6 +9,7 @@ first, a batch per script call, and a commit rewriting one of them moves it too.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -20,6 +22,7 @@ from lumen.keys import VECTOR_BLOCK_IDS, Keys
 from lumen.storage import scripts
 from lumen.storage.client import Client
 from lumen.storage.text import text
+from lumen.vectors import CommitRow
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,20 @@ def pack_rows(
     return out
 
 
+def ocr_record(words: str = "", note: str = "") -> str:
+    """What `ocr:{u}` holds for a photo: JSON of its words and OCR's note ("" for neither)."""
+    if not words and not note:
+        return ""
+    return json.dumps({"text": words, "note": note}, ensure_ascii=False)
+
+
+def ocr_text(raw: Any) -> str:
+    """The words of an `ocr:{u}` record ("" for none or a missing record)."""
+    if raw is None:
+        return ""
+    return str(json.loads(text(raw)).get("text") or "")
+
+
 @dataclass(frozen=True)
 class IndexInfo:
     model: str
@@ -86,9 +103,10 @@ class VectorStore:
         user: str,
         model_id: str,
         dim: int,
-        rows: list[tuple[str, bytes, str]],
+        rows: list[CommitRow],
     ) -> dict[str, int]:
-        """Store (item, vector bytes, caption) rows still in processing; returns item -> id.
+        """Store (item, vector bytes, caption[, OCR words, OCR note]) rows still in
+        processing; returns item -> id.
 
         The answer names every row's item that is done with exactly that row's vector bytes,
         committed by this call or by an earlier one (a retry after a lost reply), so the
@@ -97,15 +115,15 @@ class VectorStore:
         """
         k = self._k
         row = 4 * dim
-        for item, blob, _ in rows:
+        for item, blob, *_ in rows:
             if len(blob) != row:
                 raise ValueError(f"{item}: {len(blob)} vector bytes, not {row} (dim {dim})")
         keys = [
             k.processing(user), k.deadline(user), k.done(user), k.errors(user), k.vid(user),
             k.vitem(user), k.vseq(user), k.vinfo(user), k.caption(user), k.vec(user),
-            k.vscratch(user),
+            k.vscratch(user), k.ocr(user),
         ]  # fmt: skip
-        items = [item for item, _, _ in rows]
+        items = [r[0] for r in rows]
         extra = 0
         while True:  # again, with more blocks, when ids moved on since they were read
             seq = int(self._r.get(k.vseq(user)) or 0)
@@ -114,8 +132,8 @@ class VectorStore:
             fresh = range(seq + 1, seq + len(rows) - len(known) + extra + 1)
             blocks = blocks_of([*known, *fresh], self.per)
             args: list[Any] = [time.time(), model_id, dim, self.per, len(blocks), *blocks]
-            for item, blob, caption in rows:
-                args += [item, blob, caption]
+            for r in rows:
+                args += [r[0], r[1], r[2], ocr_record(*r[3:])]
             block_keys = [k.vblock(user, b) for b in blocks]
             status, committed = self._commit(keys=[*keys, *block_keys], args=args)
             if text(status) != "blocks":
@@ -201,6 +219,30 @@ class VectorStore:
         if moved:
             log.info("moved %d vectors of %s into blocks", moved, user)
         return moved
+
+    def ocr_words(self, user: str) -> dict[str, str]:
+        """item -> the words OCR read in it, for every photo where it read some."""
+        out: dict[str, str] = {}
+        for item, raw in self._r.hscan_iter(self._k.ocr(user), count=1000):
+            words = ocr_text(raw)
+            if words:
+                out[text(item)] = words
+        return out
+
+    def ocr_words_of(self, user: str, items: list[str]) -> list[str]:
+        """The words OCR read in each of `items` ("" for none)."""
+        if not items:
+            return []
+        return [ocr_text(raw) for raw in self._r.hmget(self._k.ocr(user), items)]
+
+    def ocr_notes(self, user: str) -> dict[str, str]:
+        """item -> why OCR read nothing in it (lumen.ocr notes), where it tried and failed."""
+        out: dict[str, str] = {}
+        for item, raw in self._r.hscan_iter(self._k.ocr(user), count=1000):
+            note = str(json.loads(text(raw)).get("note") or "")
+            if note:
+                out[text(item)] = note
+        return out
 
     def items_for(self, user: str, ids: list[int]) -> list[str | None]:
         if not ids:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import pytest
 
+from lumen.storage import Stores
 from tests.conftest import Service
 from tests.support.hostile import make_zip
 from tests.support.http import search, upload_zip, wait_settled
+from tests.support.photos import jpeg, plain_photo, sign
 from tests.support.tiny_clip import COLORS, SHAPES, draw_shape
 
 
@@ -114,3 +117,50 @@ def test_search_on_an_empty_space_returns_no_results(service: Service) -> None:
     _, h = service.new_user()
     r = search(service, h, query="anything")
     assert r.status_code == 200 and r.json() == {"results": []}
+
+
+needs_tesseract = pytest.mark.skipif(
+    shutil.which("tesseract") is None, reason="tesseract-ocr not installed (make test installs it)"
+)
+
+
+@needs_tesseract
+def test_a_photo_showing_words_is_found_first_by_a_text_query_for_them(service: Service) -> None:
+    user, h = service.new_user("words")
+    members = {
+        "parking.jpg": jpeg(sign("PARKING 5 EUR")),
+        "street.jpg": jpeg(plain_photo(3, size=(800, 600))),
+        "field.jpg": jpeg(plain_photo(4, size=(800, 600))),
+        **{f"{c}_{s}.png": _png(c, s) for c in COLORS for s in SHAPES},
+    }
+    body = upload_zip(service, h, make_zip(members)).json()
+    assert len(body["queued"]) == len(members)
+    done = wait_settled(service, h, len(members))
+    assert done["errors"] == {}
+    sign_item = f"uploads/{user}/parking.jpg"
+
+    r = search(service, h, query="parking 5 eur", top_k=5)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert results[0]["filename"] == sign_item
+    assert "text" in results[0]["matched"]
+    assert results[0]["matched_words"] == ["PARKING", "5", "EUR"]
+    assert all(x["matched"] == ["image"] and x["matched_words"] == [] for x in results[1:])
+
+    # the words are stored with the photo's vector; photos without text have none, no note
+    vectors = Stores(service.settings).vectors
+    assert vectors.ocr_words(user) == {sign_item: "PARKING 5 EUR"}
+    assert vectors.ocr_notes(user) == {}
+
+
+@needs_tesseract
+def test_a_query_no_photo_holds_keeps_the_image_ranking(service: Service) -> None:
+    _, h = service.new_user("nowords")
+    members = {"parking.jpg": jpeg(sign("PARKING 5 EUR")), "red.png": _png("red", "circle")}
+    upload_zip(service, h, make_zip(members))
+    wait_settled(service, h, len(members))
+    results = search(service, h, query="a red circle", top_k=2).json()["results"]
+    assert results[0]["filename"].endswith("/red.png")
+    assert [x["matched"] for x in results] == [["image"], ["image"]]
+    sims = [x["similarity"] for x in results]
+    assert sims == sorted(sims, reverse=True)

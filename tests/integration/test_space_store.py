@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from lumen.config import Settings
-from lumen.errors import ModelMismatch
+from lumen.errors import ModelMismatch, SpaceSwitched
 from lumen.keys import NEXT, OLD
+from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
 from lumen.storage.queue import NewItem
-from lumen.vectors import encode_vector
+from lumen.upgrade import Vectors, commit_versions
+from lumen.vectors import encode_vector, normalize
 from tests.conftest import RedisServer
 
 A, B = "model-a", "model-b"
@@ -110,3 +112,42 @@ def test_users_on_other_models_are_found_by_one_scan(stores: Stores) -> None:
     sp = stores.spaces
     assert sorted(sp.users_on_other_models(B)) == ["al", "bo"]
     assert list(sp.users_on_other_models(A)) == []
+
+
+@pytest.mark.parametrize("keep_old", [False, True], ids=["old-deleted", "old-kept-then-dropped"])
+def test_a_photos_words_answer_before_during_and_after_the_switch(
+    stores: Stores, keep_old: bool
+) -> None:
+    """Words OCR read are the item's (`ocr:{u}`), not a space's: a photo uploaded during an
+    upgrade is found by its words in the previous model's space, and in the new one after
+    the switch, once the old space is gone."""
+    done = _done_with_a(stores, "al", 3)
+    sign = "uploads/al/sign.jpg"
+    stores.queue.enqueue("al", [NewItem(sign, "sha-sign")])
+    stores.queue.claim("al", 1, "w", timeout_s=30)
+    # embedded with both models, its words read once: each version carries them
+    deployed = Vectors(B, DB, [(sign, _vec(50, DB), "", "EXIT 12", "")])
+    previous = Vectors(A, DA, [(sign, _vec(50, DA), "", "EXIT 12", "")])
+    used, committed = commit_versions(stores.vectors, stores.spaces, "al", deployed, previous)
+    assert used is previous and sign in committed and sign in stores.spaces.items("al")
+    assert stores.vectors.ocr_words("al") == {sign: "EXIT 12"}
+    registry = SpaceRegistry(Settings(), stores)
+
+    def query(seed: int, dim: int) -> np.ndarray:
+        return normalize(np.random.default_rng(seed).standard_normal((1, dim)))[0]
+
+    during = registry.search("al", query(1, DA), 1, A, text="exit")
+    assert [(h.item, h.matched, h.words) for h in during] == [(sign, ("text",), ("EXIT",))]
+
+    stores.spaces.write("al", B, DB, [(i, _vec(60 + j, DB), "") for j, i in enumerate(done)])
+    assert stores.spaces.switch("al", B, keep_old=keep_old).switched
+    if keep_old:
+        stores.spaces.drop("al", OLD)
+    k = stores.keys
+    assert stores.redis.exists(k.vinfo("al", OLD), k.vid("al", OLD), k.vblock("al", 0, OLD)) == 0
+    assert stores.vectors.ocr_words("al") == {sign: "EXIT 12"}
+    with pytest.raises(SpaceSwitched):  # a query of the old model meets the switch
+        registry.search("al", query(1, DA), 1, A, text="exit")
+    after = registry.search("al", query(2, DB), 1, B, text="exit")
+    assert [(h.item, h.matched, h.words) for h in after] == [(sign, ("text",), ("EXIT",))]
+    assert stores.vectors.info("al").model == B

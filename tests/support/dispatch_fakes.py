@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lumen.dispatch import WorkerDied
+from lumen.dispatch import Alt, WorkerDied
 from lumen.errors import ModelMismatch
 from lumen.states import ItemState
+from lumen.vectors import CommitRow
 from lumen.worker import EmbedResult
 
 
@@ -176,15 +177,17 @@ class FakeIndex:
     mirror: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     lose_replies: int = 0
     calls: int = 0
+    given: list[tuple[list[CommitRow], Alt | None]] = field(default_factory=list)
 
     async def commit(
-        self, user: str, model_id: str, dim: int, rows: list[tuple[str, bytes, str]]
+        self, user: str, model_id: str, dim: int, rows: list[CommitRow], alt: Alt | None = None
     ) -> dict[str, int]:
         self.calls += 1
+        self.given.append((list(rows), alt))
         if self.model is not None and self.model != model_id:
             raise ModelMismatch(f"this space holds {self.model} vectors")
         self.model = model_id
-        items = [item for item, _, _ in rows]
+        items = [row[0] for row in rows]
         self.queue.finish(user, items)
         answer = {}
         for item in items:

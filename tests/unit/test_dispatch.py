@@ -8,6 +8,7 @@ import pytest
 
 from lumen.config import QueueSettings
 from lumen.dispatch import DispatchCore, Pacing, RoundRobin, WorkerDied, pace, pack
+from lumen.worker import EmbedResult
 from tests.support.dispatch_fakes import (
     FakeEmbed,
     FakeEvents,
@@ -147,6 +148,23 @@ def test_a_commit_whose_reply_is_lost_is_sent_again_and_nothing_goes_missing() -
     assert index.mirror["gus"] == {"g1", "g2"}
     assert queue.done == {("gus", "g1"), ("gus", "g2")}
     assert metrics.done == 2 and core.processed == 2
+
+
+def test_a_photos_ocr_words_go_with_both_models_vectors_during_an_upgrade() -> None:
+    """The words are the item's: whichever version the active space takes stores them."""
+
+    def read(user: str, item: str) -> EmbedResult:
+        return EmbedResult(
+            user, item, "w1", b"\0" * 16, "cap", model_id="m2", dim=4, words="EXIT 12",
+            ocr_note="", alt_vector=b"\1" * 8, alt_model_id="m1", alt_dim=2,
+        )  # fmt: skip
+
+    core, queue, _, index, _ = make_core(FakeEmbed(behaviour={"sign": read}))
+    queue.put("jo", "sign")
+    run(settle(core))
+    [(rows, alt)] = index.given
+    assert rows == [("sign", b"\0" * 16, "cap", "EXIT 12", "")]
+    assert alt == ("m1", 2, [("sign", b"\1" * 8, "cap", "EXIT 12", "")])
 
 
 def test_a_commit_that_keeps_failing_leaves_items_for_the_deadline_sweep() -> None:

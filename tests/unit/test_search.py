@@ -41,10 +41,17 @@ class FakeIndex:
         self.hits = hits
         self.model = model  # the space's model: a query of another one is refused
         self.asked: list[tuple[str, np.ndarray, int, str | None]] = []
+        self.texts: list[str | None] = []  # the query text /search gave (photos' words)
 
     async def search(
-        self, user: str, query: bytes, k: int, model: str | None = None
+        self,
+        user: str,
+        query: bytes,
+        k: int,
+        model: str | None = None,
+        text: str | None = None,
     ) -> list[SearchHit]:
+        self.texts.append(text)
         if self.model is not None and model != self.model:
             raise SpaceSwitched(f"this space now holds {self.model}")
         self.asked.append((user, np.frombuffer(query, dtype="<f4"), k, None))
@@ -125,6 +132,22 @@ def test_a_search_that_meets_the_switch_is_encoded_again_with_the_new_model(
     found = asyncio.run(svc.images("alice", "dog", None, 1))
     assert [h.item for h in found] == ["uploads/alice/a.jpg"]
     assert encoder.models == ["model-a", "model-b"]
+
+
+def test_the_query_text_reaches_the_index_with_the_model_and_again_after_the_switch(
+    tmp_path: Path,
+) -> None:
+    """Photos' OCR words are the item's, not a model's: the text goes with every try."""
+    hit = SearchHit("uploads/alice/a.jpg", 0.5, matched=("text",), words=("PARKING",))
+    index = FakeIndex([hit], model="model-b")
+    models = iter(["model-a", "model-b"])
+    svc = SearchService(
+        tmp_path, FakeEncoder(), {"alice": index}.__getitem__, FakePages(), FakeAnswerer(),
+        FakeMetrics(), model_of=lambda user: next(models),
+    )  # fmt: skip
+    [found] = asyncio.run(svc.images("alice", "parking", None, 1))
+    assert index.texts == ["parking", "parking"]
+    assert (found.matched, found.words) == (("text",), ("PARKING",))
 
 
 def test_a_search_times_its_encode_and_its_index_lookup(tmp_path: Path) -> None:

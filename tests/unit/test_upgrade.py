@@ -29,6 +29,7 @@ class FakeActive:
 
     model: str | None
     committed: list[tuple[str, list[str]]] = field(default_factory=list)
+    rows: Rows = field(default_factory=list)  # every row committed, as given
     switch_before_commit: str | None = None  # the switch happens between read and commit
 
     def info(self, user: str) -> IndexInfo | None:
@@ -42,6 +43,7 @@ class FakeActive:
             raise ModelMismatch(f"space holds {self.model}")
         self.model = model_id
         self.committed.append((model_id, [r[0] for r in rows]))
+        self.rows += rows
         return {r[0]: i for i, r in enumerate(rows, 1)}
 
 
@@ -79,6 +81,18 @@ def test_a_commit_that_meets_the_switch_commits_the_deployed_models_vectors() ->
     active, nxt = FakeActive("model-a", switch_before_commit="model-b"), FakeNext()
     used, committed = commit_versions(active, nxt, "u", B, A)
     assert used is B and committed == {"uploads/u/a.jpg": 1}
+
+
+def test_a_photos_ocr_words_are_committed_with_whichever_version_the_active_space_takes() -> None:
+    """The words belong to the item: the previous model's rows carry them during an upgrade,
+    and the deployed model's when the commit meets the switch."""
+    read: Rows = [("uploads/u/a.jpg", b"\0" * 16, "", "EXIT 12", "")]
+    for switch in (None, "model-b"):
+        active = FakeActive("model-a", switch_before_commit=switch)
+        commit_versions(
+            active, FakeNext(), "u", Vectors("model-b", 4, read), Vectors("model-a", 4, read)
+        )
+        assert [r[3:] for r in active.rows] == [("EXIT 12", "")]
 
 
 def test_a_space_of_a_model_neither_vector_is_of_is_refused() -> None:
