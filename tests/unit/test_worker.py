@@ -81,6 +81,12 @@ def test_the_decode_for_the_model_also_says_whether_a_photo_may_show_words(
     plain_item = _put(core, "plain.jpg", jpeg(plain_photo(2, size=(800, 600))))
     tensor, look = core.decode_and_look("alice", sign_item)
     assert look and tensor.shape == core.decode("alice", sign_item).shape
+    # the model sees exactly what the same photo gives as a query (searching by an uploaded
+    # image finds it with similarity 1), also for a model smaller than the check's decode
+    data = (Path(core.settings.data_dir) / sign_item).read_bytes()
+    assert torch.equal(tensor, core.decode_bytes(data))
+    photo = _put(core, "photo.jpg", make_jpeg())
+    assert torch.equal(core.decode_and_look("alice", photo)[0], core.decode("alice", photo))
     assert core.decode_and_look("alice", plain_item)[1] is False
 
 
