@@ -5,9 +5,11 @@ blind to figures, so `fuse` combines the two:
 
     fused = (1 - TEXT_WEIGHT) * minmax(clip cosine) + TEXT_WEIGHT * text relevance
 
-Text relevance (`BM25Index.relevance`) is the page's text score divided by the query's
-reference score (what an average-length page holding each query word once would get; words
-found on no page count at full idf), capped at 1. Unlike min-max or rank fusion it keeps
+Text relevance (`BM25Index.relevance`) is the page's text score, times (1 + k1) (the factor
+bm25s's Lucene scoring leaves out), over the query's reference score (what an average-length
+page holding each query word once gets; words found on no page count at full idf), capped
+at 1; for pages `rank_pages` divides by the best page's instead when that is above 1
+(`page_relevance`). Unlike min-max or rank fusion it keeps
 *how much* of the query a page matches, so a stray word shared with a visual query
 ("copyright" in "signed copyright form") cannot outvote CLIP. In the evaluation in
 `tests/unit/test_pdfsearch.py` (hit@1, text questions / visual queries on scanned pages,
@@ -62,6 +64,9 @@ SECTION_LOOKBACK = 10  # pages searched back for the heading a page sits under
 PROXIMITY_WEIGHT = 0.25
 PROXIMITY_WINDOW = 8
 LIST_PAGE_FACTOR = 0.35
+PRF_WEIGHT = 0.0  # pseudo-relevance feedback: off (evaluated, docs/retrieval.md)
+PRF_PAGES = 3
+PRF_TERMS = 10
 _PROXIMITY_CANDIDATES = 50  # pages (best by BM25) that get the proximity bonus computed
 
 # A word, or a run of operator characters ("++", "+=", "->", "!="): manuals are asked
@@ -209,6 +214,8 @@ class BM25Index:
         page_structure: bool = True,
     ) -> None:
         self._items = list(pages)
+        self._k1 = k1
+        self._page_structure = page_structure
         page_texts = [_page_text(pages[i]) for i in self._items]
         bodies = [tokenize(p.text or "") for p in page_texts]
         # Word positions for the proximity bonus, kept compact: term ids, not strings.
@@ -275,7 +282,55 @@ class BM25Index:
         if len(terms) > 1:
             total += self._proximity(terms, body, matched)
         total[self._list_page] *= LIST_PAGE_FACTOR
+        if PRF_WEIGHT > 0 and self._page_structure:
+            expansion = self._feedback(terms, total)
+            if expansion is not None:
+                total += PRF_WEIGHT * expansion
+                matched |= expansion > 0
         return {self._items[at]: float(total[at]) for at in np.flatnonzero(matched)}
+
+    def _feedback(self, terms: list[str], total: np.ndarray) -> np.ndarray | None:
+        """RM3-style expansion: the PRF_TERMS words that weigh most on the best PRF_PAGES
+        pages of the best page's document (tf share times first-pass score times idf),
+        scored as a second query, scaled so its best page equals the first pass's best."""
+        if not total.any():
+            return None
+        order = np.argsort(-total)
+        first = self._items[order[0]]
+        doc = _PAGE_ITEM.match(first)
+        stem = doc["stem"] if doc else None
+        top = [
+            at
+            for at in order[: 4 * PRF_PAGES]
+            if total[at] > 0
+            and not self._list_page[at]
+            and (stem is None or self._items[at].startswith(stem))
+        ][:PRF_PAGES]
+        names = {v: k for k, v in self._term_ids.items()}
+        query = set(terms)
+        weight: dict[str, float] = {}
+        for at in top:
+            tokens = self._tokens[at]
+            if not len(tokens):
+                continue
+            ids, counts = np.unique(tokens, return_counts=True)
+            for tid, count in zip(ids, counts, strict=True):
+                term = names[int(tid)]
+                if term in query or len(term) < 3 or term.isdigit():
+                    continue
+                idf = self._idf_of(self._doc_freq.get(term, 0))
+                weight[term] = weight.get(term, 0.0) + total[at] * count / len(tokens) * idf
+        chosen = sorted(weight, key=lambda t: -weight[t])[:PRF_TERMS]
+        if not chosen:
+            return None
+        extra = np.zeros_like(total)
+        for term in chosen:
+            got = self._body.scores([term])
+            if got is not None:
+                extra += weight[term] * got
+        if not extra.any():
+            return None
+        return extra * (total.max() / extra.max())
 
     def _proximity(self, terms: list[str], body: np.ndarray, matched: np.ndarray) -> np.ndarray:
         """Up to PROXIMITY_WEIGHT * reference for pages where query words sit together."""
@@ -305,12 +360,23 @@ class BM25Index:
         """Text scores over `reference_score`, capped at 1: how much of the query a page matches."""
         return self.relevance_of(query, self.scores(query))
 
-    def relevance_of(self, query: str, scores: Mapping[str, float]) -> dict[str, float]:
-        """`relevance` from scores already computed by `scores(query)`."""
+    def relevance_of(
+        self, query: str, scores: Mapping[str, float], *, cap: bool = True
+    ) -> dict[str, float]:
+        """`relevance` from scores already computed by `scores(query)` (`cap=False`: not
+        capped at 1, for `rank_pages`).
+
+        bm25s's Lucene BM25 leaves out the (k1 + 1) factor of the textbook formula, so one
+        occurrence of a word in a text of average length scores idf / (1 + k1), not idf.
+        Scores are scaled by (1 + k1) first: a page (or photo) holding each query word once
+        is a full match, as `reference_score` assumes.
+        """
         reference = self.reference_score(query)
         if reference <= 0:
             return {}
-        return {item: min(1.0, s / reference) for item, s in scores.items()}
+        scale = (1.0 + self._k1) / reference
+        limit = 1.0 if cap else math.inf
+        return {item: min(limit, s * scale) for item, s in scores.items()}
 
 
 def rank_pages(
@@ -321,9 +387,24 @@ def rank_pages(
     Pages the text index knows but CLIP does not (not embedded yet) are left out.
     """
     raw = {i: s for i, s in index.scores(query).items() if i in clip_scores}
-    text = index.relevance_of(query, raw)
+    text = page_relevance(index.relevance_of(query, raw, cap=False))
     weight = {"text": 1.0, "image": 0.0}.get(mode, TEXT_WEIGHT)
     return fuse(clip_scores, text, k=k, text_weight=weight, tiebreak=raw)
+
+
+def page_relevance(relevance: Mapping[str, float]) -> dict[str, float]:
+    """Pages' text side for fusion, from uncapped relevances: as they are while the best
+    page holds at most the whole query once (1.0), else all divided by the best one's.
+
+    Capping each page at 1 (as photos do) would make every page that repeats the query's
+    words a full match, and CLIP alone would then order them: in the evaluation
+    (docs/retrieval.md) that took fused hit@1 from 0.52 to 0.38. Dividing by the best keeps
+    the text order among strong matches and a weak query's share of the query as it is.
+    """
+    top = max(relevance.values(), default=1.0)
+    if top <= 1.0:
+        return dict(relevance)
+    return {item: r / top for item, r in relevance.items()}
 
 
 def _sections(items: list[str], pages: list[PageText], position: Mapping[str, int]) -> list[str]:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from lumen.pdfsearch import K1, BM25Index, fuse, tokenize
+from lumen.pdfsearch import BM25Index, fuse, tokenize
 
 TEXT_WEIGHT = 0.6
 CANDIDATES = 100  # the image side's depth when words match too
@@ -51,16 +51,11 @@ def words_index(words: Mapping[str, str]) -> BM25Index:
 def relevance(index: BM25Index, query: str) -> dict[str, float]:
     """item -> how much of the query a photo's words hold, 0..1 (absent: none).
 
-    The share of the query's idf (`reference_score`) its BM25 score reaches, capped at 1.
-    bm25s's Lucene BM25 scores one occurrence in a text of average length at
-    idf / (1 + k1), so the score is scaled by (1 + k1) first: a photo that shows each
-    query word once is a full match.
+    The share of the query's idf (`reference_score`) its BM25 score reaches, capped at 1:
+    `BM25Index.relevance`, which restores the (1 + k1) factor bm25s's Lucene BM25 leaves
+    out, so a photo that shows each query word once is a full match.
     """
-    reference = index.reference_score(query)
-    if reference <= 0:
-        return {}
-    scores = index.scores(query)
-    return {item: min(1.0, s * (1.0 + K1) / reference) for item, s in scores.items()}
+    return index.relevance(query)
 
 
 def fuse_photos(

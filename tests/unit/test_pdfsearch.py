@@ -374,3 +374,62 @@ def test_code_and_program_output_ending_in_values_are_not_list_pages() -> None:
     assert not is_list_page(listing)
     assert not is_list_page(output)
     assert is_list_page(TOC_PAGE) and is_list_page(INDEX_PAGE)
+
+
+# --- bm25s's missing (k1 + 1) factor, fixed once for pages and photos (issue 16) --------
+
+FILLER = "general remarks about nothing in particular, said again and again. " * 3
+
+
+def _pages_with(answer: str, n: int = 8) -> dict[str, str]:
+    pages = {f"d_page_{i:03d}.jpg": f"{FILLER} page {i} filler words" for i in range(1, n + 1)}
+    pages["d_page_004.jpg"] = f"{FILLER} {answer}"
+    return pages
+
+
+def test_a_page_holding_each_query_word_once_is_a_full_match() -> None:
+    # Lucene's BM25 in bm25s scores one occurrence at idf / (1 + k1); relevance scales
+    # it back, so the share of the query a page holds reads as such (0.4 without it)
+    index = BM25Index(_pages_with("erase the picture"))
+    relevance = index.relevance("erase picture")
+    assert relevance["d_page_004.jpg"] > 0.9
+
+
+def test_photos_and_pages_share_the_relevance_scaling() -> None:
+    from lumen.photosearch import relevance, words_index
+
+    words = {"a.jpg": "erase the picture", "b.jpg": "a picture of a cat", "c.jpg": "cat"}
+    index = words_index(words)
+    assert relevance(index, "erase picture") == index.relevance("erase picture")
+
+
+def test_fused_mode_lets_a_full_text_match_beat_the_clip_favourite() -> None:
+    # the text side was worth 0.6 * 0.4 = 0.24 for a full match before the (1 + k1) fix,
+    # under the 0.4 that the CLIP favourite without the words gets
+    pages = _pages_with("erase the picture")
+    index = BM25Index(pages)
+    clip = {item: 0.20 for item in pages}
+    clip["d_page_002.jpg"] = 0.30  # CLIP's favourite, no words of the query
+    hits = rank_pages(clip, index, "erase picture", mode="fused", k=2)
+    assert hits[0].item == "d_page_004.jpg"
+
+
+def test_fused_mode_keeps_the_text_order_among_pages_repeating_the_query() -> None:
+    # capping each page's relevance at 1 would make both pages full matches and leave
+    # the order to CLIP; the page that says more about the query stays ahead
+    pages = _pages_with("erase the picture. erase it all: erase the whole picture.")
+    pages["d_page_006.jpg"] = f"{FILLER} erase the picture"
+    index = BM25Index(pages)
+    clip = {item: 0.20 + 0.01 * n for n, item in enumerate(pages)}  # page 6 a bit above 4
+    hits = rank_pages(clip, index, "erase picture", mode="fused", k=2)
+    assert [h.item for h in hits] == ["d_page_004.jpg", "d_page_006.jpg"]
+    assert hits[0].text_score == pytest.approx(1.0)
+    assert 0 < hits[1].text_score < 1.0
+
+
+def test_page_relevance_leaves_a_partial_match_as_it_is() -> None:
+    from lumen.pdfsearch import page_relevance
+
+    assert page_relevance({"a": 0.3, "b": 0.6}) == {"a": 0.3, "b": 0.6}
+    assert page_relevance({"a": 1.0, "b": 3.0}) == pytest.approx({"a": 1 / 3, "b": 1.0})
+    assert page_relevance({}) == {}
