@@ -64,9 +64,6 @@ SECTION_LOOKBACK = 10  # pages searched back for the heading a page sits under
 PROXIMITY_WEIGHT = 0.25
 PROXIMITY_WINDOW = 8
 LIST_PAGE_FACTOR = 0.35
-PRF_WEIGHT = 0.0  # pseudo-relevance feedback: off (evaluated, docs/retrieval.md)
-PRF_PAGES = 3
-PRF_TERMS = 10
 _PROXIMITY_CANDIDATES = 50  # pages (best by BM25) that get the proximity bonus computed
 
 # A word, or a run of operator characters ("++", "+=", "->", "!="): manuals are asked
@@ -215,7 +212,6 @@ class BM25Index:
     ) -> None:
         self._items = list(pages)
         self._k1 = k1
-        self._page_structure = page_structure
         page_texts = [_page_text(pages[i]) for i in self._items]
         bodies = [tokenize(p.text or "") for p in page_texts]
         # Word positions for the proximity bonus, kept compact: term ids, not strings.
@@ -282,55 +278,7 @@ class BM25Index:
         if len(terms) > 1:
             total += self._proximity(terms, body, matched)
         total[self._list_page] *= LIST_PAGE_FACTOR
-        if PRF_WEIGHT > 0 and self._page_structure:
-            expansion = self._feedback(terms, total)
-            if expansion is not None:
-                total += PRF_WEIGHT * expansion
-                matched |= expansion > 0
         return {self._items[at]: float(total[at]) for at in np.flatnonzero(matched)}
-
-    def _feedback(self, terms: list[str], total: np.ndarray) -> np.ndarray | None:
-        """RM3-style expansion: the PRF_TERMS words that weigh most on the best PRF_PAGES
-        pages of the best page's document (tf share times first-pass score times idf),
-        scored as a second query, scaled so its best page equals the first pass's best."""
-        if not total.any():
-            return None
-        order = np.argsort(-total)
-        first = self._items[order[0]]
-        doc = _PAGE_ITEM.match(first)
-        stem = doc["stem"] if doc else None
-        top = [
-            at
-            for at in order[: 4 * PRF_PAGES]
-            if total[at] > 0
-            and not self._list_page[at]
-            and (stem is None or self._items[at].startswith(stem))
-        ][:PRF_PAGES]
-        names = {v: k for k, v in self._term_ids.items()}
-        query = set(terms)
-        weight: dict[str, float] = {}
-        for at in top:
-            tokens = self._tokens[at]
-            if not len(tokens):
-                continue
-            ids, counts = np.unique(tokens, return_counts=True)
-            for tid, count in zip(ids, counts, strict=True):
-                term = names[int(tid)]
-                if term in query or len(term) < 3 or term.isdigit():
-                    continue
-                idf = self._idf_of(self._doc_freq.get(term, 0))
-                weight[term] = weight.get(term, 0.0) + total[at] * count / len(tokens) * idf
-        chosen = sorted(weight, key=lambda t: -weight[t])[:PRF_TERMS]
-        if not chosen:
-            return None
-        extra = np.zeros_like(total)
-        for term in chosen:
-            got = self._body.scores([term])
-            if got is not None:
-                extra += weight[term] * got
-        if not extra.any():
-            return None
-        return extra * (total.max() / extra.max())
 
     def _proximity(self, terms: list[str], body: np.ndarray, matched: np.ndarray) -> np.ndarray:
         """Up to PROXIMITY_WEIGHT * reference for pages where query words sit together."""
