@@ -55,6 +55,8 @@ class PageResult(BaseModel):
     score: float | None
     # where the page's text came from: "text" (its text layer), "ocr" or "none" (issue 16)
     text_source: str | None = None
+    # why OCR left the page without text: "ocr_timeout", "ocr_failed", "ocr_unavailable"
+    ocr_note: str | None = None
 
 
 class PdfSearchResponse(BaseModel):

@@ -94,6 +94,8 @@ class PageResult:
     text_score: float | None
     score: float | None
     text_source: str | None = None
+    # why OCR left the page without text ("ocr_timeout", "ocr_failed", "ocr_unavailable")
+    ocr_note: str | None = None
 
 
 @dataclass
@@ -245,6 +247,7 @@ class SearchService:
                 h.text_score,
                 h.fused,
                 (m or {}).get("text_source", "text"),
+                (m or {}).get("ocr_note") or None,
             )  # fmt: skip
             for h, m in zip(hits, metas, strict=True)
         ]

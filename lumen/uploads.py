@@ -189,6 +189,7 @@ class UploadService:
                     "text_source": page.text_source,
                     "headings": page.headings,
                     "section": page.section,
+                    **({"ocr_note": page.note} if page.note else {}),
                 },
                 text=page.text[:cap],
                 size=page.path.stat().st_size,

@@ -107,6 +107,7 @@ async def search_pdf(
             text_score=p.text_score,
             score=p.score,
             text_source=p.text_source,
+            ocr_note=p.ocr_note,
         )
 
     results = [result(p) for p in found.pages]

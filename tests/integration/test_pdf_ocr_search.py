@@ -50,7 +50,7 @@ def test_a_scanned_pdf_is_answered_through_its_ocr_text(service: Service) -> Non
             r = _ask(service, h, question, mode)
             assert r.status_code == 200, r.text
             top = r.json()["top_result"]
-            assert top["text_source"] == "ocr"
+            assert top["text_source"] == "ocr" and top["ocr_note"] is None  # read: no note
             hits[mode] += top["filename"] == pages[number - 1] and top["page"] == number
     # Text alone must find every page. Fused is not held to it: the tiny CLIP cannot read,
     # and min-max scaling stretches its noise over three near-identical page images to the

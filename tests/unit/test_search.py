@@ -234,3 +234,20 @@ def test_queries_are_trimmed_bounded_and_modes_closed() -> None:
     assert parse_mode("image") is SearchMode.IMAGE
     with pytest.raises(BadRequest):
         parse_mode("semantic")
+
+
+def test_a_page_ocr_left_without_text_says_why_in_the_pdf_results(tmp_path: Path) -> None:
+    class NotedPages(FakePages):
+        def meta(self, user: str, items: list[str]) -> list[dict[str, object] | None]:
+            noted = {"text_source": "none", "ocr_note": "ocr_timeout"}
+            return [{"doc": "manual", "page": i + 1, **(noted if i else {})} for i in range(2)]
+
+    svc = SearchService(
+        tmp_path, FakeEncoder(), {"alice": FakeIndex(_pdf_pages(tmp_path, 2))}.__getitem__,
+        NotedPages(), FakeAnswerer(), FakeMetrics(),
+    )  # fmt: skip
+    out = asyncio.run(svc.pdf("alice", "q", 2, SearchMode.TEXT))
+    assert [(p.text_source, p.ocr_note) for p in out.pages] == [
+        ("text", None),
+        ("none", "ocr_timeout"),
+    ]

@@ -471,6 +471,7 @@ def test_a_pdf_whose_ocr_runs_out_of_time_still_queues_every_page_with_a_note(
     )
     metas = [queue.items[USER][item].meta for item in outcome.queued]
     assert [m["text_source"] for m in metas] == ["none", "none"]
+    assert [m["ocr_note"] for m in metas] == ["ocr_timeout", "ocr_timeout"]  # /search/pdf shows it
 
 
 def test_pdf_pages_record_where_their_text_came_from_and_their_headings(tmp_path: Path) -> None:
@@ -483,3 +484,4 @@ def test_pdf_pages_record_where_their_text_came_from_and_their_headings(tmp_path
     meta = queue.items[USER][item].meta
     assert (meta["text_source"], meta["headings"]) == ("text", "Descaling the kettle")
     assert meta["section"] == ""  # no outline in this PDF; a page under one carries its path
+    assert "ocr_note" not in meta  # only a page OCR left without text has one
