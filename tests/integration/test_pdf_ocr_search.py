@@ -54,7 +54,8 @@ def test_a_scanned_pdf_is_answered_through_its_ocr_text(service: Service) -> Non
             hits[mode] += top["filename"] == pages[number - 1] and top["page"] == number
     # Text alone must find every page. Fused is not held to it: the tiny CLIP cannot read,
     # and min-max scaling stretches its noise over three near-identical page images to the
-    # whole 0.4 image share, which outvotes a one- or two-word match (observed: 1 of 3).
+    # whole 0.4 image share, which can outvote a one-word match (observed: 1 of 3 before
+    # relevance got bm25s's missing (1 + k1) factor back, 2 of 3 after).
     # docs/retrieval.md says so; a real CLIP's spread on scans is also small.
     assert hits["text"] == len(QUESTIONS)
     print(f"\nscanned PDF through OCR, hit@1: {hits}")
