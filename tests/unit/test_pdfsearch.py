@@ -153,7 +153,7 @@ def _best(scores: Mapping[str, float]) -> str | None:
 
 
 def rank_fused(clip: Mapping[str, float], _: Mapping[str, float], index: BM25Index, q: str) -> str:
-    return fuse(clip, index.relevance(q), k=1)[0].item
+    return rank_pages(clip, index, q, mode="fused", k=1)[0].item  # the product's path
 
 
 def rank_rrf(clip: Mapping[str, float], text: Mapping[str, float], *_: object) -> str:
