@@ -276,18 +276,9 @@ def running_service(
     import ray
     from ray import serve
 
-    from deploy import deploy, free_port, load_config, start_ray, start_redis
+    from deploy import deploy, free_port, load_config, start_ray
 
-    os.chdir(ROOT)  # Ray workers import serve_app, deployments and actors from the cwd
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # A Ray of our own even when another one on the box was started with `ray start`.
-    os.environ["RAY_ADDRESS"] = "local"
-    tmp = Path(tempfile.mkdtemp(prefix="lumen-bench-"))
-    redis_proc, url = start_redis(tmp)
-    try:
-        client = redis.Redis.from_url(url)
-        if not aof:  # bulk loads of GBs of vectors: persistence is not what is measured
-            client.config_set("appendonly", "no")
+    with temp_redis("lumen-bench-", aof) as (client, url, tmp):
         namespace = f"bench{uuid.uuid4().hex[:6]}"
         extra = dict(settings_overrides or {})
         # Bench clients are told apart by X-Forwarded-For (see Service.new_user); the service's
@@ -319,10 +310,54 @@ def running_service(
             with contextlib.suppress(Exception):
                 serve.shutdown()
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def temp_redis(prefix: str, aof: bool = True) -> Iterator[tuple[redis.Redis, str, Path]]:
+    """A redis-server of our own in a fresh temporary folder (removed after): (client, url,
+    folder). Also readies this process to start a local Ray of its own: the cwd is the project
+    root (Ray workers import serve_app, deployments, actors and lumen from it) and RAY_ADDRESS
+    is `local`, even when another Ray on the box was started with `ray start`.
+
+    `aof=False` turns persistence off: bulk loads of GBs of vectors do not measure it.
+    """
+    from deploy import start_redis
+
+    os.chdir(ROOT)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ["RAY_ADDRESS"] = "local"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    proc, url = start_redis(tmp)
+    try:
+        client = redis.Redis.from_url(url)
+        if not aof:
+            client.config_set("appendonly", "no")
+        yield client, url, tmp
     finally:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=30)
+        proc.terminate()
+        proc.wait(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def one_embedder(
+    cpus: int, num_gpus: float | None = None, **fields: Any
+) -> Callable[[dict[str, Any]], None]:
+    """A `running_service` tweak: exactly one Embedder replica with `cpus` CPUs (and
+    `num_gpus` GPUs when given); `fields` override more of the deployment."""
+    options: dict[str, Any] = {"num_cpus": cpus}
+    if num_gpus is not None:
+        options["num_gpus"] = num_gpus
+
+    def tweak(config: dict[str, Any]) -> None:
+        set_deployment(
+            config,
+            "Embedder",
+            ray_actor_options=options,
+            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
+            **fields,
+        )
+
+    return tweak
 
 
 def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
@@ -339,17 +374,16 @@ def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
 
 
 def bulk_load(
-    svc: Service, user: str, model_id: str, vectors: np.ndarray, chunk: int = 20_000
+    store: Any, user: str, model_id: str, vectors: np.ndarray, chunk: int = 20_000
 ) -> float:
-    """Write `vectors` into `user`'s store (ids 1..n, items `vec/<i>`); returns seconds."""
-    from lumen.storage import Stores
+    """Write `vectors` into `user`'s space of `model_id` in `store` (a `Stores(...).vectors`)
+    with `write_raw` (ids 1..n, items `vec/<i>`); returns seconds."""
     from lumen.vectors import encode_vectors
 
-    store = Stores(svc.settings, svc.redis).vectors
     dim = vectors.shape[1]
     t0 = time.perf_counter()
     for start in range(0, len(vectors), chunk):
-        blobs = encode_vectors(vectors[start : start + chunk])
+        blobs = encode_vectors(np.asarray(vectors[start : start + chunk]))
         rows = [(f"vec/{start + i}", b) for i, b in enumerate(blobs)]
         store.write_raw(user, model_id, dim, rows)
     return time.perf_counter() - t0

@@ -45,9 +45,9 @@ import numpy as np
 from common import (
     CACHE,
     VIT_B_32,
+    one_embedder,
     print_machine,
     running_service,
-    set_deployment,
     stored_zip,
     table,
     verdict,
@@ -220,16 +220,12 @@ def run_service(
 ) -> dict[str, dict[str, float]]:
     """Upload each size's ZIP, one after the other, to one app with one Embedder replica."""
 
-    def tweak(config: dict[str, Any]) -> None:
-        set_deployment(
-            config,
-            "Embedder",
-            ray_actor_options={"num_cpus": cpus, "num_gpus": 1 if gpu else 0},
-            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-            user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.01},
-            max_ongoing_requests=max(64, 2 * batch),
-        )
-
+    tweak = one_embedder(
+        cpus,
+        num_gpus=1 if gpu else 0,
+        user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.01},
+        max_ongoing_requests=max(64, 2 * batch),
+    )
     results: dict[str, dict[str, float]] = {}
     ray_cpus = max(4, min(os.cpu_count() or 4, cpus + 4))
     with running_service({"model": VIT_B_32.model_dump()}, tweak, ray_cpus=ray_cpus) as svc:

@@ -36,10 +36,10 @@ from common import (
     CACHE,
     VIT_B_32,
     Service,
+    one_embedder,
     pct,
     print_machine,
     running_service,
-    set_deployment,
     stored_zip,
     table,
     threads_of,
@@ -335,16 +335,11 @@ def run_service(
 ) -> dict[str, object]:
     """Upload the ZIP to a fresh app whose one Embedder replica has `cpus` CPUs."""
 
-    def tweak(config: dict[str, object]) -> None:
-        set_deployment(
-            config,
-            "Embedder",
-            ray_actor_options={"num_cpus": cpus},
-            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-            user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.02},
-            max_ongoing_requests=max(64, 2 * batch),
-        )
-
+    tweak = one_embedder(
+        cpus,
+        user_config={"max_batch_size": batch, "batch_wait_timeout_s": 0.02},
+        max_ongoing_requests=max(64, 2 * batch),
+    )
     with running_service({"model": VIT_B_32.model_dump()}, tweak) as svc:
         user, headers = svc.new_user("ingest")
         redis_pid = int(svc.redis.info("server")["process_id"])

@@ -30,9 +30,9 @@ from pathlib import Path
 from common import (
     CACHE,
     VIT_B_32,
+    one_embedder,
     print_machine,
     running_service,
-    set_deployment,
     stored_zip,
     table,
 )
@@ -105,17 +105,9 @@ def precheck_costs(paths: list[Path]) -> tuple[float, float, int]:
 def service_rates(sets: dict[str, list[Path]], ocr: bool, cpus: int) -> dict[str, dict[str, float]]:
     """items/s of processing alone per set, on an app with `ocr.photos` = `ocr`."""
 
-    def tweak(config: dict[str, object]) -> None:
-        set_deployment(
-            config,
-            "Embedder",
-            ray_actor_options={"num_cpus": cpus},
-            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-        )
-
     overrides = {"model": VIT_B_32.model_dump(), "ocr": {"photos": ocr}}
     out: dict[str, dict[str, float]] = {}
-    with running_service(overrides, tweak) as svc:
+    with running_service(overrides, one_embedder(cpus)) as svc:
         for name, paths in sets.items():
             rates = []
             for attempt in range(RUNS):  # a fresh user each time: nothing is a duplicate

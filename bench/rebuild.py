@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,14 +39,13 @@ import numpy as np
 import psutil
 import ray
 import redis
-from common import ROOT, clustered, print_machine, table, verdict
+from common import bulk_load, clustered, print_machine, table, temp_redis, verdict
 from search import parse_size
 
 from lumen.config import Settings
 from lumen.index import nlist_for
 from lumen.snapshots import SnapshotStore
 from lumen.storage import Stores
-from lumen.vectors import encode_vectors
 
 DIM = 512
 RAW_BYTES = 4 * DIM
@@ -61,16 +58,9 @@ MODEL = "bench-model/512"
 @contextlib.contextmanager
 def private_cluster() -> Iterator[tuple[Settings, redis.Redis, Path]]:
     """A redis-server and a local Ray of our own; settings pointing at both."""
-    from deploy import start_ray, start_redis
+    from deploy import start_ray
 
-    os.chdir(ROOT)  # Ray workers import actors and lumen from the cwd
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ["RAY_ADDRESS"] = "local"
-    tmp = Path(tempfile.mkdtemp(prefix="lumen-rebuild-"))
-    proc, url = start_redis(tmp)
-    try:
-        client = redis.Redis.from_url(url)
-        client.config_set("appendonly", "no")  # GBs of bulk load: persistence is not measured
+    with temp_redis("lumen-rebuild-", aof=False) as (client, url, tmp):
         settings = Settings(
             data_dir=tmp / "data",
             redis={"url": url, "namespace": f"bench{uuid.uuid4().hex[:6]}"},  # type: ignore[arg-type]
@@ -86,23 +76,14 @@ def private_cluster() -> Iterator[tuple[Settings, redis.Redis, Path]]:
             yield settings, client, tmp
         finally:
             ray.shutdown()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def bulk_load(settings: Settings, user: str, vectors: np.ndarray, chunk: int = 20_000) -> float:
-    store = Stores(settings).vectors
-    t0 = time.perf_counter()
-    for start in range(0, len(vectors), chunk):
-        blobs = encode_vectors(np.asarray(vectors[start : start + chunk]))
-        store.write_raw(user, MODEL, DIM, [(f"vec/{start + i}", b) for i, b in enumerate(blobs)])
-    return time.perf_counter() - t0
+def load_vectors(settings: Settings, user: str, vectors: np.ndarray) -> float:
+    return bulk_load(Stores(settings).vectors, user, MODEL, vectors)
 
 
 def drop_from_page_cache(path: Path) -> None:
@@ -140,7 +121,7 @@ def bench_size(settings: Settings, client: redis.Redis, n: int) -> tuple[list[An
     data = clustered(n)
     user = f"rebuild{n}"
     before = used_memory(client)
-    load_s = bulk_load(settings, user, data)
+    load_s = load_vectors(settings, user, data)
     redis_b = (used_memory(client) - before) / n
     rng = np.random.default_rng(1)
     queries = np.asarray(data[rng.choice(n, QUERIES, replace=False)]) + 0.05 * rng.standard_normal(
@@ -228,7 +209,7 @@ def bench_eviction(settings: Settings) -> tuple[list[Any], int]:
     budget = int(2.5 * per_space)
     users = {name: f"evict{name}{uuid.uuid4().hex[:4]}" for name in "ABC"}
     for seed, user in enumerate(users.values()):
-        bulk_load(settings, user, clustered(n, seed=10 + seed))
+        load_vectors(settings, user, clustered(n, seed=10 + seed))
     index = settings.index.model_copy(
         update={"shard_memory_bytes": budget, "snapshot_min_vectors": 1}
     )

@@ -32,10 +32,10 @@ from common import (
     Service,
     bulk_load,
     clustered,
+    one_embedder,
     pct,
     print_machine,
     running_service,
-    set_deployment,
     table,
     threads_of,
     verdict,
@@ -47,6 +47,7 @@ from lumen.config import Settings
 from lumen.embedding import model_id_for
 from lumen.index import UserIndex, nlist_for
 from lumen.naming import EMBEDDER
+from lumen.storage import Stores
 from lumen.worker import EmbedderCore
 
 RATIO_TARGET = 1.3
@@ -102,7 +103,7 @@ def bench_size(
     data = clustered(n + args.recall_queries)
     base, queries = np.asarray(data[:n]), np.asarray(data[n:])
     user, headers = svc.new_user("search")
-    load_s = bulk_load(svc, user, model_id_for(VIT_B_32), base)
+    load_s = bulk_load(Stores(svc.settings, svc.redis).vectors, user, model_id_for(VIT_B_32), base)
     client = httpx.Client(base_url=svc.url, timeout=600)
 
     spans: dict[str, list[float]] = {"embed": [], "index": []}
@@ -257,15 +258,8 @@ def main() -> None:
     print_machine()
     threads = args.embedder_cpus
 
-    def tweak(config: dict[str, object]) -> None:
-        set_deployment(
-            config,
-            "Embedder",
-            ray_actor_options={"num_cpus": threads},
-            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-        )
-
     images = query_images(8)
+    tweak = one_embedder(threads)
     with running_service({"model": VIT_B_32.model_dump()}, tweak, aof=False) as svc:
         core = EmbedderCore(Settings(model=VIT_B_32), "bare", threads=threads)
         rows = []

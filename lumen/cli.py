@@ -393,7 +393,14 @@ def cmd_admin_create_user(client: LumenClient, args: argparse.Namespace) -> int:
 def cmd_models_pull(client: LumenClient, args: argparse.Namespace) -> int:
     """Stage open_clip weights once, with a sha256, where replicas load them from."""
     from lumen.config import Settings
-    from lumen.models import Source, StagedWeightsError, hub_source, pull
+    from lumen.models import (
+        Source,
+        StagedWeightsError,
+        hub_source,
+        local_repo_files,
+        pull,
+        pull_hf_files,
+    )
 
     model = Settings().model
     name, tag = args.name or model.name, args.tag or model.pretrained
@@ -411,13 +418,18 @@ def cmd_models_pull(client: LumenClient, args: argparse.Namespace) -> int:
             hub = hub_source(name, tag)
             source = Source(hub.url, args.sha256, hub.file_name)
         staged, fetched = pull(name, tag, target, source, progress)
+        bar.finish()
+        verb = "Staged" if fetched else "Already staged"
+        print(f"{verb} {name} {tag}: {staged.file} ({human_bytes(staged.bytes)})")
+        print(f"sha256 {staged.sha256}")
+        repo_files = local_repo_files(args.hf_source) if args.hf_source else None
+        for repo, fetched in pull_hf_files(name, target, repo_files):
+            verb = "Staged" if fetched else "Already staged"
+            print(f"{verb} {' and '.join(repo.roles)} files of {repo.repo}: {repo.folder}")
     except (StagedWeightsError, ValueError) as exc:
         raise ClientError(str(exc)) from exc
     finally:
         bar.finish()
-    verb = "Staged" if fetched else "Already staged"
-    print(f"{verb} {name} {tag}: {staged.file} ({human_bytes(staged.bytes)})")
-    print(f"sha256 {staged.sha256}")
     print(f"Replicas load it with LUMEN_MODEL__STAGED_DIR={target}")
     return 0
 
@@ -528,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="download from this URL (http, https, file://) or local path instead of the hub",
     )
     p.add_argument("--sha256", help="the checksum the file must have (refused otherwise)")
+    p.add_argument(
+        "--hf-from",
+        dest="hf_source",
+        metavar="DIR",
+        help="take the Hugging Face tokenizer/config files a model needs (multilingual, SigLIP) "
+        "from DIR/<repo id>/ instead of the hub",
+    )
     p.set_defaults(func=cmd_models_pull)
     return parser
 

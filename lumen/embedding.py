@@ -18,7 +18,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lumen.config import ModelSettings
-from lumen.models import read_staged, staged_load_options
+from lumen.models import (
+    read_staged,
+    staged_hf_folders,
+    staged_hf_options,
+    staged_load_options,
+    staged_tokenizer,
+)
 
 _registered_configs: set[Path] = set()
 
@@ -60,6 +66,9 @@ class ClipModel:
         precision = "fp16" if device.startswith("cuda") and model.fp16_on_gpu else "fp32"
         staged = not model.checkpoint and model.staged_dir and model.pretrained
         options = staged_load_options(model) if staged else {}
+        # Staged weights: the tokenizer and text config files come from the staged folder too.
+        hf_folders = staged_hf_folders(model)
+        options.update(staged_hf_options(model, hf_folders))
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(
                 model.name,
@@ -73,7 +82,7 @@ class ClipModel:
             raise RuntimeError(
                 f"could not load model {model.name!r} with weights {weights!r}: {exc}"
             ) from exc
-        tokenizer = open_clip.get_tokenizer(model.name, cache_dir=model.cache_dir)
+        tokenizer = staged_tokenizer(model, hf_folders)
         return cls(
             net, preprocess, tokenizer, name=model.name, model_id=model_id_for(model), device=device
         )

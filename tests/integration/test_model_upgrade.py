@@ -23,11 +23,11 @@ from lumen.embedding import model_id_for
 from lumen.keys import NEXT
 from lumen.storage import Stores
 from tests.conftest import ROOT, Service, admin_headers, service_settings
+from tests.support.chaos import kill_app_actors
 from tests.support.fake_gemini import FakeGemini
 from tests.support.hostile import make_zip
 from tests.support.http import search, status_snapshot, upload_zip, wait_healthy, wait_settled
-from tests.support.tiny_clip import COLORS, SHAPES, TinyClip, draw_shape
-from tests.support.tiny_clip_b import ensure_tiny_clip_b
+from tests.support.tiny_clip import COLORS, MODEL_B, SHAPES, TinyClip, draw_shape, ensure_model
 from tests.support.waiting import wait_until
 
 APP = "lumen-upgrade"
@@ -47,28 +47,6 @@ class Upgrade:
     config_b: dict[str, Any]
     settings_b: Settings
     stores: Stores
-
-
-def _kill_actors(settings: Settings) -> None:
-    import ray
-
-    from actors.naming import (
-        NAMESPACE,
-        dispatcher_name,
-        index_shard_name,
-        monitor_name,
-        reembedder_name,
-    )
-
-    app, queue = settings.app_name, settings.queue
-    names = [monitor_name(app), reembedder_name(app)]
-    names += [dispatcher_name(app, n) for n in range(queue.dispatchers)]
-    names += [index_shard_name(app, n) for n in range(queue.index_shards)]
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:  # never created
-            continue
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +73,7 @@ def upgrade(
         config["applications"][0]["name"] = APP
         return config
 
-    model_b = ensure_tiny_clip_b().model_settings().model_dump()
+    model_b = ensure_model(MODEL_B).model_settings().model_dump()
     settings_b = Settings(**{**overrides, "model": model_b})
     serve.delete(service.config["applications"][0]["name"])
     try:
@@ -105,7 +83,7 @@ def upgrade(
         yield Upgrade(svc, config_for(model_b), settings_b, Stores(settings_b))
     finally:
         serve.delete(APP)
-        _kill_actors(settings_b)
+        kill_app_actors(settings_b)
         deploy(service.config)
         wait_healthy(service.url)
 

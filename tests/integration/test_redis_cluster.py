@@ -22,6 +22,7 @@ from lumen.storage import Stores
 from lumen.storage.queue import NewItem
 from lumen.vectors import encode_vector
 from tests.conftest import ROOT, Service, service_settings
+from tests.support.chaos import kill_app_actors
 from tests.support.fake_gemini import FakeGemini
 from tests.support.hostile import make_zip
 from tests.support.http import search, upload_zip, wait_healthy, wait_settled
@@ -197,26 +198,9 @@ def cluster_service(
         yield Service(service.url, settings, service.redis, config)
     finally:
         serve.delete(app)
-        _kill_actors_of(settings)
+        kill_app_actors(settings)
         deploy(service.config)
         wait_healthy(service.url)
-
-
-def _kill_actors_of(settings: Settings) -> None:
-    """The cluster app's detached actors (dispatchers, monitor, index shards) end with it."""
-    import ray
-
-    from actors.naming import NAMESPACE, dispatcher_name, index_shard_name, monitor_name
-
-    app, queue = settings.app_name, settings.queue
-    names = [monitor_name(app)]
-    names += [dispatcher_name(app, n) for n in range(queue.dispatchers)]
-    names += [index_shard_name(app, n) for n in range(queue.index_shards)]
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        except ValueError:  # never created
-            continue
 
 
 def _png(color: str, shape: str) -> bytes:

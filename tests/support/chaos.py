@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from lumen.config import Settings
 from tests.support.waiting import wait_until
 
 EMBEDDER_CLASS = "ServeReplica:lumen:Embedder"
@@ -45,3 +46,25 @@ def kill_every_embedder_replica() -> list[str]:
     for actor in actors:
         os.kill(actor.pid, signal.SIGKILL)
     return [str(a.name) for a in actors]
+
+
+def kill_app_actors(settings: Settings) -> None:
+    """End the detached actors of the app `settings` names (monitor, re-embedding driver,
+    dispatchers, index shards): a test's own app leaves none behind once it is deleted."""
+    from actors.naming import (
+        NAMESPACE,
+        dispatcher_name,
+        index_shard_name,
+        monitor_name,
+        reembedder_name,
+    )
+
+    app, queue = settings.app_name, settings.queue
+    names = [monitor_name(app), reembedder_name(app)]
+    names += [dispatcher_name(app, n) for n in range(queue.dispatchers)]
+    names += [index_shard_name(app, n) for n in range(queue.index_shards)]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:  # never created
+            continue

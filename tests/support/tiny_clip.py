@@ -5,6 +5,10 @@ something checkable: 4 colours x 3 shapes drawn with Pillow, matched to captions
 "a photo of a red circle" with a contrastive loss. The trained checkpoint is keyed by a hash
 of the architecture, the training parameters and this file's source, so a later session
 loads it in well under a second and any edit here retrains.
+
+Two architectures share that training: `MODEL_A` (64-d, what the tests and benches run on)
+and `MODEL_B` (48-d, other widths and depth: the model the upgrade tests move a space to; it
+learns the same shapes, so a space re-embedded with B still finds "a red circle").
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from safetensors.torch import load_file, save_file
 
 from lumen.config import ModelSettings
 
-MODEL_NAME = "lumen-tiny"
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (35, 165, 55),
@@ -40,11 +43,39 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 CLASSES: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
 
-MODEL_CONFIG: dict[str, Any] = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+
+@dataclass(frozen=True)
+class TinyArch:
+    """One tiny architecture: its open_clip model name and model config."""
+
+    name: str
+    config: dict[str, Any]
+
+
+def _vit_config(width: int, vision_layers: int) -> dict[str, Any]:
+    """A ViT with `width`-d towers and vectors, 32x32 input, 8-pixel patches, 16 tokens."""
+    return {
+        "embed_dim": width,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": vision_layers,
+            "width": width,
+            "head_width": width // 2,
+            "patch_size": 8,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": 2,
+            "layers": 2,
+        },
+    }
+
+
+MODEL_A = TinyArch("lumen-tiny", _vit_config(64, vision_layers=3))
+MODEL_B = TinyArch("lumen-tiny-b", _vit_config(48, vision_layers=2))
+
 TRAIN_PARAMS: dict[str, Any] = {
     "seed": 1234,
     "images_per_class": 160,
@@ -117,22 +148,27 @@ def _draw_outline(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, ...], f
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def ensure_tiny_clip(cache_dir: Path | None = None) -> TinyClip:
-    """Return the cached tiny model for the current code, training it first if needed."""
+def ensure_model(arch: TinyArch, cache_dir: Path | None = None) -> TinyClip:
+    """Return the cached `arch` for the current code, training it first if needed."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache_dir / _cache_key()
+    target = cache_dir / _cache_key(arch)
     if not (target / "meta.json").is_file():
-        _train_into(target)
+        _train_into(arch, target)
     meta = json.loads((target / "meta.json").read_text())
-    config_file = target / f"{MODEL_NAME}.json"
+    config_file = target / f"{arch.name}.json"
     register_config(config_file)
     return TinyClip(
-        name=MODEL_NAME,
+        name=arch.name,
         config_file=config_file,
-        checkpoint=target / f"{MODEL_NAME}-{target.name}.safetensors",
+        checkpoint=target / f"{arch.name}-{target.name}.safetensors",
         train_seconds=meta["train_seconds"],
         eval_accuracy=meta["eval_accuracy"],
     )
+
+
+def ensure_tiny_clip(cache_dir: Path | None = None) -> TinyClip:
+    """Model A, the tests' and benches' model (see `ensure_model`)."""
+    return ensure_model(MODEL_A, cache_dir)
 
 
 _registered: set[Path] = set()
@@ -146,47 +182,47 @@ def register_config(config_file: Path) -> None:
         _registered.add(path)
 
 
-def _cache_key() -> str:
+def _cache_key(arch: TinyArch) -> str:
     source = Path(__file__).read_bytes()
-    params = json.dumps([MODEL_CONFIG, TRAIN_PARAMS], sort_keys=True).encode()
+    params = json.dumps([arch.name, arch.config, TRAIN_PARAMS], sort_keys=True).encode()
     return hashlib.sha256(params + source).hexdigest()[:16]
 
 
-def _train_into(target: Path) -> None:
+def _train_into(arch: TinyArch, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        config_file = staging / f"{MODEL_NAME}.json"
-        config_file.write_text(json.dumps(MODEL_CONFIG, indent=2))
+        config_file = staging / f"{arch.name}.json"
+        config_file.write_text(json.dumps(arch.config, indent=2))
         register_config(config_file)
         started = time.perf_counter()
-        state, accuracy = _train_and_check()
+        state, accuracy = _train_and_check(arch.name)
         seconds = time.perf_counter() - started
         # The key in the file name gives each trained version its own ClipModel.model_id.
-        save_file(state, str(staging / f"{MODEL_NAME}-{target.name}.safetensors"))
+        save_file(state, str(staging / f"{arch.name}-{target.name}.safetensors"))
         meta = {"train_seconds": round(seconds, 2), "eval_accuracy": accuracy}
         (staging / "meta.json").write_text(json.dumps(meta))
-        print(f"tiny_clip: trained in {seconds:.1f}s, held-out text->image top-1 {accuracy:.3f}")
+        print(f"{arch.name}: trained in {seconds:.1f}s, held-out text->image top-1 {accuracy:.3f}")
         with contextlib.suppress(OSError):  # another session finished first: same result
             staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _train_and_check() -> tuple[dict[str, torch.Tensor], float]:
+def _train_and_check(name: str) -> tuple[dict[str, torch.Tensor], float]:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_PARAMS["threads"])
     try:
         torch.manual_seed(TRAIN_PARAMS["seed"])
-        model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)
-        tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        tokenizer = open_clip.get_tokenizer(name)
         _train(model, preprocess, tokenizer)
         model.eval()
         accuracy = _eval_accuracy(model, preprocess, tokenizer)
     finally:
         torch.set_num_threads(previous_threads)
     if accuracy < MIN_EVAL_ACCURACY:
-        raise RuntimeError(f"tiny_clip learned too little: held-out accuracy {accuracy:.3f}")
+        raise RuntimeError(f"{name} learned too little: held-out accuracy {accuracy:.3f}")
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     return state, accuracy
 
