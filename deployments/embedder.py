@@ -219,8 +219,7 @@ class Embedder:
         return list(zip(vectors, captions, strict=True))
 
     def _assign(self, by_user: dict[str, list[str]]) -> None:
-        for user, items in by_user.items():
-            self.stores.queue.assign(user, items, self.worker_id)
+        self.stores.queue.assign_many(by_user, self.worker_id)  # one round trip for them all
 
     async def embed_text(self, text: str, model_id: str | None = None) -> bytes:
         """The text's vector by the deployed model, or by `model_id` (a user's space still

@@ -311,6 +311,14 @@ class QueueStore:
         """Record the worker now holding these items (only those still processing)."""
         return int(self._assign(keys=[self._k.processing(user)], args=[worker, *items]))
 
+    def assign_many(self, by_user: dict[str, list[str]], worker: str) -> dict[str, int]:
+        """`assign` for several users' items (a batch of a mixed chunk) in one round trip."""
+        users = [user for user, items in by_user.items() if items]
+        calls = [
+            (self._assign, [self._k.processing(user)], [worker, *by_user[user]]) for user in users
+        ]
+        return {user: int(n) for user, n in zip(users, run_scripts(self._r, calls), strict=True)}
+
     def workers_of(self, user: str, items: list[str]) -> dict[str, str]:
         """The worker holding each item still in processing."""
         if not items:

@@ -428,6 +428,11 @@ def test_claim_many_claims_each_user_as_claim_does_and_keeps_the_shard_indexes(
         [],
     ]
     assert q.workers_of("alice", got[0]) == dict.fromkeys(got[0], "w2")
+    assert q.assign_many({"alice": [got[0][0], "not-claimed"], "bob": got[1], "x": []}, "w3") == {
+        "alice": 1,
+        "bob": 1,
+    }
+    assert q.workers_of("alice", got[0]) == {got[0][0]: "w3", got[0][1]: "w2", got[0][2]: "w2"}
     assert q.active_users() == ["alice"]  # bob drained, carol had nothing
     deadlines = dict(stores.redis.zrange(k.deadlines(0), 0, -1, withscores=True))
     assert {u.decode() for u in deadlines} == {"alice", "bob", "carol"}  # carol's item still due

@@ -118,6 +118,8 @@ def test_claims_and_commits_of_many_users_go_together_to_every_node(stores: Stor
     stores.redis.script_flush()  # every primary
     got = q.claim_many([(u, 2) for u in USERS], "w", 30)
     assert got == [[i.item for i in _items(u, 2)] for u in USERS]
+    assert q.assign_many(dict(zip(USERS, got, strict=True)), "w2") == dict.fromkeys(USERS, 2)
+    assert q.workers_of("alice", got[0]) == dict.fromkeys(got[0], "w2")
     [odd] = q.claim("frank", 1, "w", timeout_s=30)
     v.commit("frank", "other", DIM, [(odd, _vec(0), "")])
     stores.redis.script_flush()  # every primary
