@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 
 import ray
@@ -13,7 +14,7 @@ from ray.exceptions import RayActorError
 from actors.index_shard import get_index_shard
 from actors.naming import dispatcher_name, named_actor, shard_for
 from lumen.config import Settings
-from lumen.dispatch import Alt, DispatchCore, Part, Rows, WorkerDied
+from lumen.dispatch import CommitAnswer, CommitRequest, DispatchCore, Part, WorkerDied
 from lumen.health import LiveReplicas
 from lumen.metrics import RayMetrics
 from lumen.naming import EMBEDDER
@@ -39,23 +40,35 @@ class _ServeEmbed:
 
 
 class _ShardCommit:
-    """`Commit` through the user's IndexShard actor (handles looked up once, kept)."""
+    """`Commit` through the IndexShard actors: a chunk's users grouped by shard, one
+    `commit_many` call per shard, all shards at once (handles looked up once, kept)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.shards: dict[int, ray.actor.ActorHandle] = {}
 
-    async def commit(
-        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
-    ) -> dict[str, int]:
-        n = shard_for(user, self.settings.queue.index_shards)
-        if n not in self.shards:
-            self.shards[n] = get_index_shard(self.settings, n)
-        try:
-            return await self.shards[n].commit.remote(user, model_id, dim, rows, alt)
-        except RayActorError:  # killed for good: look it up (and create it) again next time
-            self.shards.pop(n, None)
-            raise
+    async def commit_many(self, requests: list[CommitRequest]) -> list[CommitAnswer]:
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for pos, request in enumerate(requests):
+            by_shard[shard_for(request[0], self.settings.queue.index_shards)].append(pos)
+        answers: list[CommitAnswer] = [AssertionError("not sent")] * len(requests)
+
+        async def send(n: int, positions: list[int]) -> None:
+            got: list[CommitAnswer]
+            try:
+                if n not in self.shards:
+                    self.shards[n] = get_index_shard(self.settings, n)
+                got = await self.shards[n].commit_many.remote([requests[p] for p in positions])
+            except RayActorError as exc:  # killed for good: look it up (and create it) again
+                self.shards.pop(n, None)
+                got = [exc] * len(positions)
+            except Exception as exc:  # noqa: BLE001 - each request answered with why
+                got = [exc] * len(positions)
+            for p, answer in zip(positions, got, strict=True):
+                answers[p] = answer
+
+        await asyncio.gather(*(send(n, positions) for n, positions in by_shard.items()))
+        return answers
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)

@@ -11,14 +11,15 @@ import ray
 
 from actors.naming import index_shard_name, named_actor, shard_for
 from lumen.config import Settings
-from lumen.dispatch import Alt, Rows
+from lumen.dispatch import Alt, CommitAnswer, CommitRequest, Rows
+from lumen.errors import ModelMismatch
 from lumen.events import EventKind
 from lumen.metrics import RayMetrics, RayShardMetrics
 from lumen.search import SearchHit
 from lumen.snapshots import SnapshotStore
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
-from lumen.upgrade import Vectors, commit_versions
+from lumen.upgrade import Vectors, commit_versions_many
 from lumen.vectors import decode_vectors
 
 
@@ -80,19 +81,38 @@ class IndexShard:
         an upgrade is in progress; the deployed model's then go to the NEXT space). Rows
         with OCR words mark the words index for a rebuild (the words are the item's: either
         version's commit stores them in `ocr:{u}`)."""
-        previous = Vectors(*alt) if alt is not None else None
-        used, committed = commit_versions(
-            self.stores.vectors, self.stores.spaces, user, Vectors(model_id, dim, rows), previous
-        )
-        if committed:
-            vectors = {
-                row[0]: decode_vectors([row[1]], used.dim)[0]
-                for row in used.rows
-                if row[0] in committed
-            }
-            read = {row[0] for row in used.rows if len(row) > 3 and row[3]}
-            self.registry.add(user, committed, vectors, used.model, words=read & committed.keys())
-        return committed
+        [answer] = self.commit_many([(user, model_id, dim, rows, alt)])
+        if isinstance(answer, ModelMismatch):
+            raise answer
+        return answer
+
+    def commit_many(self, requests: list[CommitRequest]) -> list[CommitAnswer]:
+        """`commit` for several users' rows in one call (a dispatcher's chunk), each user
+        answered on its own: item -> id, or the `ModelMismatch` `commit` would raise. Redis
+        sees a few pipelined round trips for them all (`commit_versions_many`). Idempotent
+        as `commit` is: a resent call names every item done with these vectors."""
+        batch = [
+            (user, Vectors(model_id, dim, rows), Vectors(*alt) if alt is not None else None)
+            for user, model_id, dim, rows, alt in requests
+        ]
+        answers = commit_versions_many(self.stores.vectors, self.stores.spaces, batch)
+        out: list[CommitAnswer] = []
+        for (user, *_), answer in zip(requests, answers, strict=True):
+            if isinstance(answer, ModelMismatch):
+                out.append(answer)
+                continue
+            used, committed = answer
+            if committed:
+                vectors = {
+                    row[0]: decode_vectors([row[1]], used.dim)[0]
+                    for row in used.rows
+                    if row[0] in committed
+                }
+                read = {row[0] for row in used.rows if len(row) > 3 and row[3]}
+                words = read & committed.keys()
+                self.registry.add(user, committed, vectors, used.model, words=words)
+            out.append(committed)
+        return out
 
     def search(
         self,

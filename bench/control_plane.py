@@ -36,6 +36,10 @@ timing: the verdicts are printed, and the exit status is 0 unless the run itself
 
     python bench/control_plane.py               # 20,000 items, 20 s idle
     python bench/control_plane.py --quick       # 4,000 items, 10 s idle (`make bench`)
+    python bench/control_plane.py --items 4200 --compare 1,21 --rounds 2
+        # fairness: the queued-backlog phase alone with 1 user, then the same items split
+        # over 21 users (alternating, `--rounds` times each), and the 21-user rate as a
+        # ratio of the 1-user rate measured in the same run (target >= 0.8)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import argparse
 import hashlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -68,6 +73,7 @@ from lumen.nullmodel import BENCHMARK_ENV, BENCHMARK_ENV_VALUE
 
 TARGET_ITEMS_PER_S = 5_000.0
 TARGET_IDLE_CORE_PCT = 2.0
+TARGET_FAIR_RATIO = 0.8
 WARMUP_ITEMS = 64
 CONTROL_PLANE = ("dispatcher", "index shard", "monitor", "ingress")
 REFERENCE = "reference: an empty Ray actor"
@@ -485,6 +491,52 @@ def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: floa
     )
 
 
+def compare_report(runs: list[tuple[int, Phase]]) -> None:
+    """Each backlog run by its user count, then the many-user rate against the 1-user rate
+    (medians over the rounds, all measured in this run)."""
+    cols = ("dispatcher", "index shard", "embedder", "redis-server")
+    rows = []
+    rates: dict[int, list[float]] = defaultdict(list)
+    for users, p in runs:
+        rate, _ = p.steady()
+        rates[users].append(rate)
+        cpu = [p.cpu.get(c, (0, 0.0))[1] / max(p.done, 1) * 1e6 for c in cols]
+        total = sum(s for _, s in p.cpu.values()) / max(p.done, 1) * 1e6
+        rows.append(
+            [users, f"{p.done:,}", f"{rate:.0f}", f"{p.wall_s:.1f}"]
+            + [f"{c:.0f}" for c in cpu]
+            + [f"{total:.0f}"]
+        )
+    table(
+        "Queued backlog -> done by number of users (same items in all)",
+        ["users", "items", "steady items/s", "wall s"]
+        + [f"{c} CPU-us / item" for c in cols]
+        + ["all CPU-us / item"],
+        rows,
+    )
+    counts = sorted(rates)
+    base = statistics.median(rates[counts[0]])
+    out = []
+    for users in counts[1:]:
+        many = statistics.median(rates[users])
+        ratio = many / base
+        out.append(
+            [
+                f"{users} / {counts[0]}",
+                f"{base:.0f}",
+                f"{many:.0f}",
+                f"{ratio:.2f}",
+                f"{TARGET_FAIR_RATIO}",
+                "PASS" if ratio >= TARGET_FAIR_RATIO else "FAIL",
+            ]
+        )
+    table(
+        f"Many users vs one: steady items/s, medians of {len(rates[counts[0]])} round(s)",
+        ["users", "one-user items/s", "many-user items/s", "ratio", "target", "verdict"],
+        out,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000, help="items in all, split over users")
@@ -494,7 +546,16 @@ def main() -> None:
     parser.add_argument(
         "--py-spy", type=Path, default=None, help="record raw py-spy stacks of the hot actors here"
     )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="user counts, e.g. 1,21: only the backlog phase, once per count per round",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --compare")
     args = parser.parse_args()
+    if args.compare:
+        compare(args)
+        return
     if args.quick:
         args.items, args.idle_s = 4_000, 10.0
     per_user = args.items // args.users
@@ -517,6 +578,29 @@ def main() -> None:
             pids[p.role].append(p.pid)
     report(phases, idle, idle_s)
     print("# pids: " + "; ".join(f"{r} {sorted(v)}" for r, v in sorted(pids.items())), flush=True)
+    if args.py_spy is not None:
+        print(f"# py-spy raw stacks in {args.py_spy}", flush=True)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """The backlog phase at each user count of `--compare`, alternating, `--rounds` times."""
+    counts = [int(c) for c in args.compare.split(",")]
+    os.environ[BENCHMARK_ENV] = BENCHMARK_ENV_VALUE
+    print_machine()
+    warm_zip = jpeg_zip("warm", WARMUP_ITEMS, 0)
+    runs: list[tuple[int, Phase]] = []
+    with running_service({"model": {"benchmark_null": True}}) as svc:
+        warm, warm_headers = svc.new_user("warm")
+        svc.upload_zip(warm_headers, warm_zip)
+        svc.wait_settled(warm, WARMUP_ITEMS, timeout_s=300)
+        for r in range(args.rounds):
+            for users in counts:
+                spy = args.py_spy / f"r{r}-u{users}" if args.py_spy is not None else None
+                phase = backlog_phase(svc, users, args.items // users, spy)
+                rate, _ = phase.steady()
+                print(f"# round {r + 1}, {users} user(s): {rate:.0f} items/s", flush=True)
+                runs.append((users, phase))
+    compare_report(runs)
     if args.py_spy is not None:
         print(f"# py-spy raw stacks in {args.py_spy}", flush=True)
 

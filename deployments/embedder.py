@@ -21,6 +21,7 @@ from lumen.ingest.images import open_image
 from lumen.naming import worker_id
 from lumen.ocr import OCR_BUSY_NOTE, OCR_FAILED_NOTE, Words, ocr_outcome
 from lumen.storage import Stores
+from lumen.storage.vectors import IndexInfo
 from lumen.vectors import encode_vector
 from lumen.worker import EmbedderCore, EmbedResult
 
@@ -94,7 +95,19 @@ class Embedder:
     async def embed_chunk(self, parts: list[tuple[str, list[str]]]) -> list[EmbedResult]:
         """Embed a chunk of several users' items (the dispatcher packs light users together,
         so their items fill one batch as one heavy user's would)."""
-        groups = await asyncio.gather(*(self.embed_items(user, items) for user, items in parts))
+        groups = list(
+            await asyncio.gather(*(self._embed_items(user, items) for user, items in parts))
+        )
+        if not self.core.null:  # every user's space model in one round trip, after embedding
+            infos = await asyncio.to_thread(self.stores.vectors.infos, [u for u, _ in parts])
+            groups = list(
+                await asyncio.gather(
+                    *(
+                        self._with_previous(user, group, info)
+                        for (user, _), group, info in zip(parts, groups, infos, strict=True)
+                    )
+                )
+            )
         return [result for group in groups for result in group]
 
     def _lookup(self, model_id: str) -> ModelSettings | None:
@@ -121,10 +134,13 @@ class Embedder:
     async def embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
         """`_embed_items`, plus the active space's model's vectors while the user's space
         still holds a previous model (see `EmbedResult.alt_vector`)."""
-        results = await self._embed_items(user, items)
-        if self.core.null:
-            return results
-        info = await asyncio.to_thread(self.stores.vectors.info, user)
+        return await self.embed_chunk([(user, items)])
+
+    async def _with_previous(
+        self, user: str, results: list[EmbedResult], info: IndexInfo | None
+    ) -> list[EmbedResult]:
+        """`results`, with the vectors of the model the user's space holds (`info`) when it
+        is not the deployed one."""
         if info is None or info.model == self.core.model_id:
             return results
         try:
@@ -219,8 +235,7 @@ class Embedder:
         return list(zip(vectors, captions, strict=True))
 
     def _assign(self, by_user: dict[str, list[str]]) -> None:
-        for user, items in by_user.items():
-            self.stores.queue.assign(user, items, self.worker_id)
+        self.stores.queue.assign_many(by_user, self.worker_id)  # one round trip for them all
 
     async def embed_text(self, text: str, model_id: str | None = None) -> bytes:
         """The text's vector by the deployed model, or by `model_id` (a user's space still

@@ -3,7 +3,7 @@
 The dispatcher actor is a shell around `DispatchCore`; everything that decides what happens
 to an item lives here and is reached by unit tests through the Protocols below:
 
-    claim round ──► Embed.embed(user, items) ──► Commit.commit(user, model, dim, rows)
+    claim round ──► Embed.embed(parts) ──► Commit.commit_many([(user, model, dim, rows)...])
         │                 │ WorkerDied                 │ ModelMismatch: permanent error
         │                 │ other exception: transient │ other exception: retried (idempotent)
         ▼                 ▼                            ▼
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CLAIMER = "dispatcher"
 MAX_REASON_CHARS = 500
 COMMIT_ATTEMPTS = 3
+DEPTH_EVERY_S = 1.0  # the queue-depth gauge is read at most this often
 
 
 class WorkerDied(Exception):
@@ -53,10 +54,17 @@ Rows = list[CommitRow]  # (item, vector bytes, caption[, OCR words, OCR note])
 Alt = tuple[str, int, Rows]  # the same items' vectors by the active space's previous model
 
 
+# One user's commit within a chunk: (user, model id, dim, rows, alt).
+CommitRequest = tuple[str, str, int, Rows, Alt | None]
+# Its answer: item -> id, or why it failed (`ModelMismatch`: for good; anything else: the
+# call failed and may be sent again).
+CommitAnswer = dict[str, int] | BaseException
+
+
 class Commit(Protocol):
-    async def commit(
-        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
-    ) -> dict[str, int]: ...
+    """Commits a chunk's users' vectors, each request answered on its own, in order."""
+
+    async def commit_many(self, requests: list[CommitRequest]) -> list[CommitAnswer]: ...
 
 
 class Retried(Protocol):
@@ -73,7 +81,9 @@ class DispatchQueue(Protocol):
 
     def active_users(self) -> list[str]: ...
     def depth(self) -> dict[str, int]: ...
-    def claim(self, user: str, n: int, worker: str, timeout_s: float) -> list[str]: ...
+    def claim_many(
+        self, wants: list[tuple[str, int]], worker: str, timeout_s: float
+    ) -> list[list[str]]: ...
     def requeue_expired(
         self, max_retries: int, *, owns: Callable[[str], bool] | None = None
     ) -> Sequence[Retried]: ...
@@ -203,6 +213,7 @@ class DispatchCore:
         self.next_deadline: float | None = None
         self.sleeping = False
         self._paced_at = float("-inf")
+        self._gauged_at = float("-inf")
 
     @property
     def capacity(self) -> int:
@@ -277,13 +288,17 @@ class DispatchCore:
         those who filled their share, so batches stay full while many users are active."""
         s = self.settings
         users = [u for u in self.queue.active_users() if self.owns is None or self.owns(u)]
-        for state, n in self.queue.depth().items():
-            self.metrics.queue_depth(state, n)
+        now = time.monotonic()
+        if now - self._gauged_at >= DEPTH_EVERY_S:  # a gauge: not worth a scan per round
+            self._gauged_at = now
+            for state, n in self.queue.depth().items():
+                self.metrics.queue_depth(state, n)
         out = []
         while users and free > 0:
             hungry = []
-            for user, n in self.rr.plan(users, free, self.pacing.chunk):
-                items = self.queue.claim(user, n, CLAIMER, s.task_timeout_s)
+            plan = self.rr.plan(users, free, self.pacing.chunk)
+            got = self.queue.claim_many(plan, CLAIMER, s.task_timeout_s)
+            for (user, n), items in zip(plan, got, strict=True):
                 if items:
                     out.append((user, items))
                     free -= len(items)
@@ -323,74 +338,99 @@ class DispatchCore:
             by_user: dict[str, list[EmbedResult]] = defaultdict(list)
             for r in results:
                 by_user[r.user].append(r)
-            await asyncio.gather(*(self.settle(user, rs) for user, rs in by_user.items()))
+            await self.settle(by_user)
         except Exception:  # noqa: BLE001 - the deadline requeues whatever was lost here
             log.exception("processing a chunk for %s failed", [u for u, _ in parts])
         finally:
             self.inflight -= sum(len(items) for _, items in parts)
             self.wake()  # room for the next chunk
 
-    async def settle(self, user: str, results: list[EmbedResult]) -> None:
-        """Commit one user's vectors from a chunk and fail the rest."""
-        ok = [r for r in results if r.error is None]
-        failed = [Failure(r.item, r.error, r.permanent) for r in results if r.error is not None]
+    async def settle(self, by_user: dict[str, list[EmbedResult]]) -> None:
+        """Commit each user's vectors from a chunk (one `commit_many` for them all) and fail
+        the rest, each user on its own."""
         try:
-            if ok:
-                await self.commit(user, ok)
+            await self.commit_users(
+                {user: [r for r in rs if r.error is None] for user, rs in by_user.items()}
+            )
         finally:
-            if failed:
-                await asyncio.to_thread(self.fail, user, failed)
+            for user, rs in by_user.items():
+                failed = [Failure(r.item, r.error, r.permanent) for r in rs if r.error is not None]
+                if failed:
+                    await asyncio.to_thread(self.fail, user, failed)
 
     async def commit(self, user: str, results: list[EmbedResult]) -> None:
-        """Commit by the model that made each vector (two while a redeploy rolls over).
+        """Commit one user's vectors (`commit_users` for one)."""
+        await self.commit_users({user: results})
+
+    async def commit_users(self, by_user: dict[str, list[EmbedResult]]) -> None:
+        """Commit by the model that made each vector (two while a redeploy rolls over), every
+        user of a chunk in one `commit_many`.
 
         A commit is idempotent, so one whose reply was lost is sent again; its answer names
-        every item done with these vectors, including those the lost call committed.
+        every item done with these vectors, including those the lost call committed. Vectors
+        of another model than the user's space error out; a commit that keeps failing is left
+        to the deadline sweep (the items stay in processing, or are done already).
         """
-        by_model: dict[tuple[str, int, str, int], list[EmbedResult]] = defaultdict(list)
-        for r in results:
-            by_model[(r.model_id, r.dim, r.alt_model_id, r.alt_dim)].append(r)
-        for (model_id, dim, alt_model, alt_dim), group in by_model.items():
-            # the words OCR read belong to the item, not to a model: both versions carry them
-            rows: Rows = [
-                (r.item, r.vector, r.caption, r.words, r.ocr_note)
-                for r in group
-                if r.vector is not None
-            ]
-            alt: Alt | None = None
-            if alt_model:
-                alt_rows: Rows = [
-                    (r.item, r.alt_vector, r.caption, r.words, r.ocr_note)
+        requests: list[CommitRequest] = []
+        groups: list[list[EmbedResult]] = []
+        for user, results in by_user.items():
+            by_model: dict[tuple[str, int, str, int], list[EmbedResult]] = defaultdict(list)
+            for r in results:
+                by_model[(r.model_id, r.dim, r.alt_model_id, r.alt_dim)].append(r)
+            for (model_id, dim, alt_model, alt_dim), group in by_model.items():
+                # the words OCR read belong to the item, not to a model: both versions carry them
+                rows: Rows = [
+                    (r.item, r.vector, r.caption, r.words, r.ocr_note)
                     for r in group
-                    if r.alt_vector
+                    if r.vector is not None
                 ]
-                alt = (alt_model, alt_dim, alt_rows)
-            try:
-                committed = await self._commit_with_retries(user, model_id, dim, rows, alt)
-            except ModelMismatch as exc:  # retrying cannot help: the items error out with why
-                failed = [Failure(r.item, exc.message, permanent=True) for r in group]
+                alt: Alt | None = None
+                if alt_model:
+                    alt_rows: Rows = [
+                        (r.item, r.alt_vector, r.caption, r.words, r.ocr_note)
+                        for r in group
+                        if r.alt_vector
+                    ]
+                    alt = (alt_model, alt_dim, alt_rows)
+                requests.append((user, model_id, dim, rows, alt))
+                groups.append(group)
+        if not requests:
+            return
+        answers = await self._commit_with_retries(requests)
+        for (user, *_), group, answer in zip(requests, groups, answers, strict=True):
+            if isinstance(answer, ModelMismatch):  # retrying cannot help: error out with why
+                failed = [Failure(r.item, answer.message, permanent=True) for r in group]
                 await asyncio.to_thread(self.fail, user, failed)
-                continue
-            self.processed += len(committed)
-            if committed:
-                self.metrics.items_done(len(committed))
+            elif isinstance(answer, BaseException):
+                log.error("commit for %s failed %d times: %r", user, COMMIT_ATTEMPTS, answer)
+            else:
+                self.processed += len(answer)
+                if answer:
+                    self.metrics.items_done(len(answer))
 
-    async def _commit_with_retries(
-        self, user: str, model_id: str, dim: int, rows: Rows, alt: Alt | None = None
-    ) -> dict[str, int]:
+    async def _commit_with_retries(self, requests: list[CommitRequest]) -> list[CommitAnswer]:
+        """Each request's answer; a request whose call failed (not a `ModelMismatch`) is sent
+        again, up to COMMIT_ATTEMPTS times, and then answered with its last error."""
+        answers: list[CommitAnswer] = [AssertionError("not sent")] * len(requests)
+        pending = list(range(len(requests)))
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            batch = [requests[i] for i in pending]
             try:
-                if alt is None:  # as before upgrades existed (fakes and old shards take it)
-                    return await self.index.commit(user, model_id, dim, rows)
-                return await self.index.commit(user, model_id, dim, rows, alt)
-            except ModelMismatch:
-                raise
-            except Exception:  # noqa: BLE001 - lost reply or a restarting shard: send again
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.warning("commit for %s failed (attempt %d); retrying", user, attempt)
-                await asyncio.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
+                got = await self.index.commit_many(batch)
+            except Exception as exc:  # noqa: BLE001 - lost reply or a restarting shard
+                got = [exc] * len(batch)
+            retry = []
+            for i, answer in zip(pending, got, strict=True):
+                answers[i] = answer
+                if isinstance(answer, BaseException) and not isinstance(answer, ModelMismatch):
+                    retry.append(i)
+            pending = retry
+            if not pending or attempt == COMMIT_ATTEMPTS:
+                break
+            users = sorted({requests[i][0] for i in pending})
+            log.warning("commit for %s failed (attempt %d); retrying", users, attempt)
+            await asyncio.sleep(0.2 * attempt)
+        return answers
 
     def fail(self, user: str, failed: list[Failure]) -> None:
         """Transient failures count a retry (error after the limit); permanent ones error now."""

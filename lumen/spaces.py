@@ -148,6 +148,22 @@ class SpaceRegistry:
         self.metrics = metrics
         self.clock = clock
         self.counters = ShardCounters()
+        # Every loaded space's size as last counted, and their sum: kept on each change, so
+        # a commit costs O(1) here, not a pass over every loaded space.
+        self._sizes: dict[str, int] = {}
+        self._held = 0
+
+    def _resized(self, user: str) -> None:
+        """Count `user`'s space again (after it changed, was loaded, or went)."""
+        space = self.spaces.get(user)
+        size = space.nbytes() if space is not None else 0
+        self._held += size - self._sizes.pop(user, 0)
+        if space is not None:
+            self._sizes[user] = size
+
+    def _forget(self, user: str) -> None:
+        self.spaces.pop(user, None)
+        self._resized(user)
 
     def converge(self, user: str) -> bool:
         """Make the user's mirror hold what Redis holds; True when it had to be repaired.
@@ -164,12 +180,12 @@ class SpaceRegistry:
         mirrored = len(space.images)
         info = self.stores.vectors.info(user)
         if info is not None and info.model != space.model:
-            self.spaces.pop(user, None)
+            self._forget(user)
             self.load(user)
             return False  # not a repair: the space moved to another model
         if stored == mirrored:
             return False
-        self.spaces.pop(user, None)
+        self._forget(user)
         self.load(user)
         if self.on_repair is not None:
             self.on_repair(user, mirrored, stored)
@@ -228,6 +244,7 @@ class SpaceRegistry:
         if source == "redis" and self._worth_a_snapshot(len(images)):
             space.changed(now)  # snapshot it once it has been quiet
         self.spaces[user] = space
+        self._resized(user)
         self.counters.loads[source] += 1
         if self.metrics is not None:
             self.metrics.index_load_seconds(source, time.perf_counter() - t0)
@@ -289,11 +306,12 @@ class SpaceRegistry:
         """
         space = self.spaces.get(user)
         if space is not None and model is not None and space.model != model:
-            self.spaces.pop(user, None)
+            self._forget(user)
         space = self.load(user)
         if space is not None and words:  # the words are the item's: whichever model's vectors
             space.words = None
             space.words_bytes = 0
+            self._resized(user)
         if space is None or not committed or (model is not None and space.model != model):
             return
         items = list(committed)
@@ -307,11 +325,12 @@ class SpaceRegistry:
             space.bm25_bytes = 0
         if self._worth_a_snapshot(len(space.images)):
             space.changed(self.clock())
+        self._resized(user)
         self._enforce_budget(keep=user)
 
     def drop(self, user: str) -> None:
         """Forget the user's space and its snapshot (their space was reset in Redis)."""
-        self.spaces.pop(user, None)
+        self._forget(user)
         if self.snapshots is not None:
             self.snapshots.remove(user)
         self._publish()
@@ -323,7 +342,7 @@ class SpaceRegistry:
             return False
         if space.dirty_since is not None:
             self._save(user, space)
-        del self.spaces[user]
+        self._forget(user)
         self.counters.evictions += 1
         if self.metrics is not None:
             self.metrics.shard_evictions(1)
@@ -338,7 +357,8 @@ class SpaceRegistry:
         return gone
 
     def held_bytes(self) -> int:
-        return sum(space.nbytes() for space in self.spaces.values())
+        """The loaded spaces' estimated bytes (a running total: O(1))."""
+        return self._held
 
     def _enforce_budget(self, keep: str, incoming: int = 0) -> None:
         """Evict least recently used spaces but `keep` while over the memory budget (with
@@ -346,7 +366,7 @@ class SpaceRegistry:
         budget = self.settings.index.shard_memory_bytes
         if budget > 0:
             held = self.held_bytes() + incoming
-            for user in list(self.spaces):
+            for user in list(self.spaces) if held > budget else []:
                 if held <= budget:
                     break
                 if user != keep:
@@ -465,6 +485,7 @@ class SpaceRegistry:
             words = self.stores.vectors.ocr_words(user)
             space.words = words_index(words)
             space.words_bytes = bm25_bytes(words)
+            self._resized(user)
             self._enforce_budget(keep=user)
         return space.words
 
@@ -530,6 +551,7 @@ class SpaceRegistry:
             texts = self.stores.queue.pdf_texts(user)
             space.bm25 = page_index(texts, self.stores.queue.meta(user, list(texts)))
             space.bm25_bytes = bm25_bytes(texts)
+            self._resized(user)
             self._enforce_budget(keep=user)
         fused = rank_pages(clip_scores, space.bm25, query, mode=mode, k=k)
         return [

@@ -9,7 +9,7 @@ searchable before, during and after the switch (docs/models.md, "Upgrading the m
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,17 +35,25 @@ class Vectors:
 
 
 class ActiveSpace(Protocol):
-    def info(self, user: str) -> IndexInfo | None: ...
+    def infos(self, users: Sequence[str]) -> list[IndexInfo | None]: ...
     def commit(self, user: str, model_id: str, dim: int, rows: Rows) -> dict[str, int]: ...
+    def commit_many(
+        self, requests: Sequence[tuple[str, str, int, Rows]]
+    ) -> list[dict[str, int] | ModelMismatch]: ...
 
 
 class NextSpace(Protocol):
     def write(self, user: str, model_id: str, dim: int, rows: Rows) -> dict[str, int]: ...
 
 
+# One user's vectors to commit: (user, the deployed model's, a previous model's or None).
+Batch = Sequence[tuple[str, Vectors, Vectors | None]]
+Committed = tuple[Vectors, dict[str, int]]  # the version committed and item -> id
+
+
 def commit_versions(
     active: ActiveSpace, nxt: NextSpace, user: str, deployed: Vectors, previous: Vectors | None
-) -> tuple[Vectors, dict[str, int]]:
+) -> Committed:
     """Commit items that have the deployed model's vectors (and maybe a previous model's).
 
     The version matching the user's active space is committed (items -> done); while that
@@ -53,20 +61,46 @@ def commit_versions(
     switch happens between the two reads, the commit is refused and the deployed model's
     vectors, now the active model's, are committed instead. Returns what was committed.
     """
-    info = active.info(user)
-    primary = deployed
-    if previous is not None and info is not None and info.model == previous.model:
-        primary = previous
-        try:
-            nxt.write(user, deployed.model, deployed.dim, deployed.rows)
-        except ModelMismatch:  # a NEXT space of another model: its re-embedding replaces it
-            log.warning("NEXT space of %s holds another model; left to the re-embedding", user)
-    try:
-        return primary, active.commit(user, primary.model, primary.dim, primary.rows)
-    except ModelMismatch:
-        if primary is deployed:
-            raise
-        return deployed, active.commit(user, deployed.model, deployed.dim, deployed.rows)
+    [answer] = commit_versions_many(active, nxt, [(user, deployed, previous)])
+    if isinstance(answer, ModelMismatch):
+        raise answer
+    return answer
+
+
+def commit_versions_many(
+    active: ActiveSpace, nxt: NextSpace, batch: Batch
+) -> list[Committed | ModelMismatch]:
+    """`commit_versions` for several users, each answered on its own (a `ModelMismatch`
+    where `commit_versions` would raise one): the spaces' models read in one round trip and
+    the commits sent together (`commit_many`)."""
+    infos = active.infos([user for user, _, _ in batch])
+    primaries: list[Vectors] = []
+    for (user, deployed, previous), info in zip(batch, infos, strict=True):
+        primary = deployed
+        if previous is not None and info is not None and info.model == previous.model:
+            primary = previous
+            try:
+                nxt.write(user, deployed.model, deployed.dim, deployed.rows)
+            except ModelMismatch:  # a NEXT space of another model: its re-embedding replaces it
+                log.warning("NEXT space of %s holds another model; left to the re-embedding", user)
+        primaries.append(primary)
+    answers = active.commit_many(
+        [(user, p.model, p.dim, p.rows) for (user, _, _), p in zip(batch, primaries, strict=True)]
+    )
+    out: list[Committed | ModelMismatch] = []
+    for (user, deployed, _), primary, answer in zip(batch, primaries, answers, strict=True):
+        if not isinstance(answer, ModelMismatch):
+            out.append((primary, answer))
+        elif primary is deployed:
+            out.append(answer)
+        else:  # switched between the read and the commit: the deployed model is active now
+            try:
+                out.append(
+                    (deployed, active.commit(user, deployed.model, deployed.dim, deployed.rows))
+                )
+            except ModelMismatch as exc:
+                out.append(exc)
+    return out
 
 
 def needs_reembedding(info: IndexInfo | None, deployed_model: str) -> bool:

@@ -13,14 +13,14 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lumen.errors import ModelMismatch
 from lumen.keys import VECTOR_BLOCK_IDS, Keys
 from lumen.storage import scripts
-from lumen.storage.client import Client
+from lumen.storage.client import Client, ScriptCall, run_scripts
 from lumen.storage.text import text
 from lumen.vectors import CommitRow
 
@@ -83,6 +83,14 @@ class IndexInfo:
     dim: int
 
 
+def _info(model: Any, dim: Any) -> IndexInfo | None:
+    return None if model is None or dim is None else IndexInfo(text(model), int(dim))
+
+
+# One user's commit: (user, model id, dim, rows).
+CommitRequest = tuple[str, str, int, list[CommitRow]]
+
+
 class VectorStore:
     """`commit` turns processing items into done items with a vector, exactly once per item.
 
@@ -113,32 +121,94 @@ class VectorStore:
         caller's index mirror learns of every item. Rows no longer processing (reset,
         deleted, requeued and done by another worker with other bytes) are left out.
         """
+        self._check_rows(rows, dim)
+        extra = 0
+        while True:  # again, with more blocks, when ids moved on since they were read
+            seq, vids = self._ids_known(user, rows)
+            status, committed = self._commit(
+                **self._commit_call(user, model_id, dim, rows, seq, vids, extra)
+            )
+            if text(status) != "blocks":
+                break
+            extra += len(rows)
+        return self._answer(status, committed, model_id, dim)
+
+    def commit_many(
+        self, requests: Sequence[CommitRequest]
+    ) -> list[dict[str, int] | ModelMismatch]:
+        """`commit` for several (user, model id, dim, rows) at once, each answered on its
+        own: item -> id, or the `ModelMismatch` `commit` would raise. The ids read and the
+        scripts are each one pipeline (per node on a cluster), so a chunk of many users
+        costs two round trips, not two per user; a user whose ids moved on meanwhile
+        (`blocks`) is committed again alone."""
+        for _, _, dim, rows in requests:
+            self._check_rows(rows, dim)
         k = self._k
+        pipe = self._r.pipeline(transaction=False)
+        for user, _, _, rows in requests:
+            pipe.get(k.vseq(user))
+            pipe.hmget(k.vid(user), [r[0] for r in rows] or ["\0"])
+        known = pipe.execute()
+        calls: list[ScriptCall] = []
+        for n, (user, model_id, dim, rows) in enumerate(requests):
+            seq, vids = int(known[2 * n] or 0), known[2 * n + 1]
+            call = self._commit_call(user, model_id, dim, rows, seq, vids, 0)
+            calls.append((self._commit, call["keys"], call["args"]))
+        out: list[dict[str, int] | ModelMismatch] = []
+        for (user, model_id, dim, rows), (status, committed) in zip(
+            requests, run_scripts(self._r, calls), strict=True
+        ):
+            try:
+                if text(status) == "blocks":
+                    out.append(self.commit(user, model_id, dim, rows))
+                else:
+                    out.append(self._answer(status, committed, model_id, dim))
+            except ModelMismatch as exc:
+                out.append(exc)
+        return out
+
+    @staticmethod
+    def _check_rows(rows: list[CommitRow], dim: int) -> None:
         row = 4 * dim
         for item, blob, *_ in rows:
             if len(blob) != row:
                 raise ValueError(f"{item}: {len(blob)} vector bytes, not {row} (dim {dim})")
+
+    def _ids_known(self, user: str, rows: list[CommitRow]) -> tuple[int, list[Any]]:
+        """The user's last issued id and the ids the rows' items already have (or None)."""
+        k = self._k
+        seq = int(self._r.get(k.vseq(user)) or 0)
+        items = [r[0] for r in rows]
+        return seq, (self._r.hmget(k.vid(user), items) if items else [])
+
+    def _commit_call(
+        self,
+        user: str,
+        model_id: str,
+        dim: int,
+        rows: list[CommitRow],
+        seq: int,
+        vids: list[Any],
+        extra: int,
+    ) -> dict[str, list[Any]]:
+        """COMMIT_VECTORS's keys and args, declaring the blocks of the ids the rows will
+        have (`extra` more fresh ids when they moved on since `seq` was read)."""
+        k = self._k
         keys = [
             k.processing(user), k.deadline(user), k.done(user), k.errors(user), k.vid(user),
             k.vitem(user), k.vseq(user), k.vinfo(user), k.caption(user), k.vec(user),
             k.vscratch(user), k.ocr(user),
         ]  # fmt: skip
-        items = [r[0] for r in rows]
-        extra = 0
-        while True:  # again, with more blocks, when ids moved on since they were read
-            seq = int(self._r.get(k.vseq(user)) or 0)
-            vids = self._r.hmget(k.vid(user), items) if items else []
-            known = [int(v) for v in vids if v is not None]
-            fresh = range(seq + 1, seq + len(rows) - len(known) + extra + 1)
-            blocks = blocks_of([*known, *fresh], self.per)
-            args: list[Any] = [time.time(), model_id, dim, self.per, len(blocks), *blocks]
-            for r in rows:
-                args += [r[0], r[1], r[2], ocr_record(*r[3:])]
-            block_keys = [k.vblock(user, b) for b in blocks]
-            status, committed = self._commit(keys=[*keys, *block_keys], args=args)
-            if text(status) != "blocks":
-                break
-            extra += len(rows)
+        known = [int(v) for v in vids[: len(rows)] if v is not None]
+        fresh = range(seq + 1, seq + len(rows) - len(known) + extra + 1)
+        blocks = blocks_of([*known, *fresh], self.per)
+        args: list[Any] = [time.time(), model_id, dim, self.per, len(blocks), *blocks]
+        for r in rows:
+            args += [r[0], r[1], r[2], ocr_record(*r[3:])]
+        return {"keys": [*keys, *(k.vblock(user, b) for b in blocks)], "args": args}
+
+    @staticmethod
+    def _answer(status: Any, committed: Any, model_id: str, dim: int) -> dict[str, int]:
         status = text(status)
         if status != "ok":
             stored = status.split(":", 1)[1]
@@ -149,11 +219,15 @@ class VectorStore:
         pairs = [text(x) for x in committed]
         return {item: int(vid) for item, vid in zip(pairs[::2], pairs[1::2], strict=True)}
 
+    def infos(self, users: Sequence[str]) -> list[IndexInfo | None]:
+        """`info` of several users in one round trip (a pipeline, per node on a cluster)."""
+        pipe = self._r.pipeline(transaction=False)
+        for user in users:
+            pipe.hmget(self._k.vinfo(user), ["model", "dim"])
+        return [_info(model, dim) for model, dim in pipe.execute()]
+
     def info(self, user: str) -> IndexInfo | None:
-        model, dim = self._r.hmget(self._k.vinfo(user), ["model", "dim"])
-        if model is None or dim is None:
-            return None
-        return IndexInfo(text(model), int(dim))
+        return _info(*self._r.hmget(self._k.vinfo(user), ["model", "dim"]))
 
     def count(self, user: str) -> int:
         """Vectors stored for the user (one `vitem` field each)."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lumen.config import QueueSettings, Settings
-from lumen.dispatch import DispatchCore
+from lumen.dispatch import CommitAnswer, CommitRequest, DispatchCore
 from lumen.ocr import OCR_TIMEOUT_NOTE
 from lumen.spaces import SpaceRegistry
 from lumen.storage import Stores
@@ -48,6 +48,9 @@ class StoreCommit:
         read = {row[0] for row in rows if row[3:4] != ("",)}
         self.registry.add(user, committed, vectors, words=read)
         return committed
+
+    async def commit_many(self, requests: list[CommitRequest]) -> list[CommitAnswer]:
+        return [await self.commit(user, m, dim, rows) for user, m, dim, rows, _ in requests]
 
 
 def _embed(core: EmbedderCore, items: list[str]) -> list[EmbedResult]:

@@ -409,3 +409,99 @@ def test_reset_declares_blocks_again_when_ids_moved_on(
     stores.queue.reset("alice")
     assert stale and stores.redis.exists(*stores.keys.vblocks("alice", 5000)) == 0
     assert stores.vectors.count("alice") == 0
+
+
+def test_claim_many_claims_each_user_as_claim_does_and_keeps_the_shard_indexes(
+    stores: Stores,
+) -> None:
+    q, k = stores.queue, stores.keys
+    q.enqueue("alice", _items("alice", 5))
+    q.enqueue("bob", _items("bob", 1))
+    q.enqueue("carol", _items("carol", 1))
+    q.claim("carol", 1, "w", timeout_s=30)  # carol: active entry kept, nothing queued now
+    stores.redis.sadd(k.active(0), "carol")
+    got = q.claim_many([("alice", 3), ("bob", 3), ("carol", 2), ("dan", 0)], "w2", 30)
+    assert got == [
+        [f"uploads/alice/img{i}.jpg" for i in range(3)],
+        ["uploads/bob/img0.jpg"],
+        [],
+        [],
+    ]
+    assert q.workers_of("alice", got[0]) == dict.fromkeys(got[0], "w2")
+    assert q.assign_many({"alice": [got[0][0], "not-claimed"], "bob": got[1], "x": []}, "w3") == {
+        "alice": 1,
+        "bob": 1,
+    }
+    assert q.workers_of("alice", got[0]) == {got[0][0]: "w3", got[0][1]: "w2", got[0][2]: "w2"}
+    assert q.active_users() == ["alice"]  # bob drained, carol had nothing
+    deadlines = dict(stores.redis.zrange(k.deadlines(0), 0, -1, withscores=True))
+    assert {u.decode() for u in deadlines} == {"alice", "bob", "carol"}  # carol's item still due
+    assert q.depth() == {"queued": 2, "processing": 5}
+    assert q.claim_many([("alice", 5)], "w2", 30) == [[f"uploads/alice/img{i}.jpg" for i in (3, 4)]]
+    assert q.active_users() == []
+
+
+def test_claim_many_loads_its_script_again_after_redis_forgot_it(stores: Stores) -> None:
+    stores.queue.enqueue("alice", _items("alice", 2))
+    stores.queue.enqueue("bob", _items("bob", 2))
+    stores.redis.script_flush()  # as a Redis restart does
+    got = stores.queue.claim_many([("alice", 1), ("bob", 2)], "w", 30)
+    assert got == [["uploads/alice/img0.jpg"], ["uploads/bob/img0.jpg", "uploads/bob/img1.jpg"]]
+    assert stores.queue.state_of("bob", "uploads/bob/img1.jpg") == "processing"
+
+
+def test_commit_many_answers_each_user_on_its_own_and_is_idempotent(stores: Stores) -> None:
+    from lumen.errors import ModelMismatch
+
+    q, v = stores.queue, stores.vectors
+    for user in ("alice", "bob", "carol"):
+        q.enqueue(user, _items(user, 3))
+    [b0] = q.claim("bob", 1, "w", timeout_s=30)
+    v.commit("bob", "other", 8, [(b0, bytes(32), "")])  # bob's space holds another model
+    claimed = {u: q.claim(u, 2, "w", timeout_s=30) for u in ("alice", "bob", "carol")}
+    requests = [
+        (u, "m", 1, [(i, bytes([n]) * 4, f"cap {n}") for n, i in enumerate(claimed[u])])
+        for u in ("alice", "bob", "carol")
+    ]
+    stores.redis.script_flush()
+    first = v.commit_many(requests)
+    assert first[0] == {claimed["alice"][0]: 1, claimed["alice"][1]: 2}
+    assert isinstance(first[1], ModelMismatch) and "other/8" in first[1].message
+    assert first[2] == {claimed["carol"][0]: 1, claimed["carol"][1]: 2}
+    again = v.commit_many(requests)  # a resend after a lost reply: the same answers
+    assert again[0] == first[0] and again[2] == first[2] and isinstance(again[1], ModelMismatch)
+    assert sorted(q.done("alice")) == sorted(claimed["alice"])
+    assert q.done("bob") == [b0] and v.describe("carol", [2]) == [(claimed["carol"][1], "cap 1")]
+    assert [v.info(u) for u in ("alice", "bob")] == v.infos(["alice", "bob"])
+
+
+def test_commit_many_sends_a_user_whose_ids_moved_on_again_alone(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lumen.storage.vectors as vectors_module
+    from lumen.storage.vectors import VectorStore
+
+    vectors = VectorStore(stores.redis, stores.keys, per_block=4)
+    for user in ("alice", "bob"):
+        stores.queue.enqueue(user, _items(user, 10))
+    first = stores.queue.claim("alice", 5, "w", timeout_s=30)
+    vectors.commit("alice", "m", 1, [(i, bytes([n]) * 4, "") for n, i in enumerate(first)])
+    rest = stores.queue.claim("alice", 2, "w", timeout_s=30)  # would be ids 6, 7: block 1
+    meanwhile = stores.queue.claim("alice", 3, "w", timeout_s=30)
+    bobs = stores.queue.claim("bob", 2, "w", timeout_s=30)
+    real = vectors_module.run_scripts
+
+    def late(client: object, calls: list[object]) -> list[object]:
+        # another commit takes ids 6-8 between the ids read and the scripts
+        monkeypatch.setattr(vectors_module, "run_scripts", real)
+        vectors.commit("alice", "m", 1, [(i, bytes([7]) * 4, "") for i in meanwhile])
+        return real(client, calls)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vectors_module, "run_scripts", late)
+    got = vectors.commit_many(
+        [("alice", "m", 1, [(i, bytes([9]) * 4, "") for i in rest]),
+         ("bob", "m", 1, [(i, bytes([8]) * 4, "") for i in bobs])]
+    )  # fmt: skip
+    assert got == [{rest[0]: 9, rest[1]: 10}, {bobs[0]: 1, bobs[1]: 2}]  # 9, 10: in block 2
+    ids = [i for chunk, _ in vectors.scan("alice") for i in chunk]
+    assert ids == list(range(1, 11))

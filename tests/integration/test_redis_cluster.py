@@ -108,6 +108,37 @@ def test_every_queue_and_vector_script_runs_on_the_cluster(stores: Stores) -> No
     assert depth["queued"] == 3 * len(USERS) and depth["processing"] == 0
 
 
+def test_claims_and_commits_of_many_users_go_together_to_every_node(stores: Stores) -> None:
+    """`claim_many` and `commit_many` pipeline per node: users on different nodes, and
+    scripts the nodes forgot (as after a restart) are loaded again."""
+    from lumen.errors import ModelMismatch
+
+    q, v = stores.queue, stores.vectors
+    for user in USERS:
+        q.enqueue(user, _items(user, 3))
+    stores.redis.script_flush()  # every primary
+    got = q.claim_many([(u, 2) for u in USERS], "w", 30)
+    assert got == [[i.item for i in _items(u, 2)] for u in USERS]
+    assert q.assign_many(dict(zip(USERS, got, strict=True)), "w2") == dict.fromkeys(USERS, 2)
+    assert q.workers_of("alice", got[0]) == dict.fromkeys(got[0], "w2")
+    [odd] = q.claim("frank", 1, "w", timeout_s=30)
+    v.commit("frank", "other", DIM, [(odd, _vec(0), "")])
+    stores.redis.script_flush()  # every primary
+    requests = [
+        (u, "m", DIM, [(item, _vec(n * 10 + j), f"c{j}") for j, item in enumerate(items)])
+        for n, (u, items) in enumerate(zip(USERS, got, strict=True))
+    ]
+    first = v.commit_many(requests)
+    assert v.commit_many(requests)[:-1] == first[:-1]  # idempotent
+    for user, items, answer in zip(USERS[:-1], got[:-1], first[:-1], strict=True):
+        assert answer == {items[0]: 1, items[1]: 2}
+        assert sorted(q.done(user)) == sorted(items)
+    assert isinstance(first[-1], ModelMismatch)
+    assert q.active_users() == sorted(USERS[:-1])  # a third item each; frank drained
+    assert q.next_deadline() is not None  # frank's two items are still processing
+    assert q.depth() == {"queued": 5, "processing": 2}
+
+
 def test_a_missed_deadline_is_requeued_by_the_users_dispatcher_shard(stores: Stores) -> None:
     q = stores.queue
     for user in USERS:

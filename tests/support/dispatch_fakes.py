@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lumen.dispatch import Alt, WorkerDied
+from lumen.dispatch import Alt, CommitAnswer, CommitRequest, WorkerDied
 from lumen.errors import ModelMismatch
 from lumen.states import ItemState
 from lumen.vectors import CommitRow
@@ -33,6 +33,8 @@ class FakeQueue:
     done: set[tuple[str, str]] = field(default_factory=set)
     expired: list[tuple[str, str]] = field(default_factory=list)
     calls: int = 0
+    claim_passes: list[list[tuple[str, int]]] = field(default_factory=list)
+    depth_reads: int = 0
 
     def put(self, user: str, *items: str) -> None:
         self.queues[user].extend(items)
@@ -46,6 +48,7 @@ class FakeQueue:
         return None
 
     def depth(self) -> dict[str, int]:
+        self.depth_reads += 1
         return {
             "queued": sum(len(q) for q in self.queues.values()),
             "processing": len(self.processing),
@@ -56,6 +59,12 @@ class FakeQueue:
         for item in taken:
             self.processing[(user, item)] = worker
         return taken
+
+    def claim_many(
+        self, wants: list[tuple[str, int]], worker: str, timeout_s: float
+    ) -> list[list[str]]:
+        self.claim_passes.append(list(wants))
+        return [self.claim(user, n, worker, timeout_s) for user, n in wants]
 
     def _retry(self, user: str, item: str, reason: str, max_retries: int) -> ItemState:
         if (user, item) not in self.processing:
@@ -178,6 +187,23 @@ class FakeIndex:
     lose_replies: int = 0
     calls: int = 0
     given: list[tuple[list[CommitRow], Alt | None]] = field(default_factory=list)
+    batches: list[list[str]] = field(default_factory=list)  # the users of each commit_many
+    lose_batches: int = 0  # whole commit_many calls that raise after committing
+
+    async def commit_many(self, requests: list[CommitRequest]) -> list[CommitAnswer]:
+        """Each request as `commit` would answer it (an error as the answer); the call itself
+        raises, after committing, while `lose_batches` lasts."""
+        self.batches.append([request[0] for request in requests])
+        answers: list[CommitAnswer] = []
+        for user, model_id, dim, rows, alt in requests:
+            try:
+                answers.append(await self.commit(user, model_id, dim, rows, alt))
+            except (ModelMismatch, ConnectionError) as exc:
+                answers.append(exc)
+        if self.lose_batches > 0:
+            self.lose_batches -= 1
+            raise ConnectionError("reply lost")
+        return answers
 
     async def commit(
         self, user: str, model_id: str, dim: int, rows: list[CommitRow], alt: Alt | None = None

@@ -280,11 +280,65 @@ def test_pack_fills_chunks_across_users_in_claim_order(
     ]
 
 
-def test_queue_depth_is_published_on_each_claim() -> None:
+def test_queue_depth_is_published_on_a_claim_at_most_once_a_second() -> None:
     core, queue, _, _, metrics = make_core()
     queue.put("kim", "k1", "k2")
     core.claim(1)
     assert metrics.depth == {"queued": 2, "processing": 0}  # read before this claim
+    core.claim(1)
+    assert queue.depth_reads == 1  # a gauge: not read again within the second
+    core._gauged_at -= 1.0
+    core.claim(1)
+    assert queue.depth_reads == 2 and metrics.depth == {"queued": 0, "processing": 2}
+
+
+def test_every_user_of_a_claim_pass_is_claimed_in_one_store_call() -> None:
+    core, queue, _, _, _ = make_core(batch=4, inflight=8)  # 32 in flight
+    for u in ("ann", "bob", "cat"):
+        queue.put(u, *[f"{u}{i}" for i in range(3)])
+    queue.put("heavy", *[f"h{i}" for i in range(100)])
+    claimed = core.claim(core.capacity)
+    assert queue.claim_passes[0] == [("ann", 4), ("bob", 4), ("cat", 4), ("heavy", 4)]
+    assert all(len(p) == 1 and p[0][0] == "heavy" for p in queue.claim_passes[1:])
+    assert sum(len(items) for _, items in claimed) == 32
+
+
+def test_a_chunks_users_are_committed_in_one_call_each_answered_on_its_own() -> None:
+    embed = FakeEmbed(behaviour={f"bob{i}": ok(model="m2") for i in range(2)})
+    core, queue, events, index, metrics = make_core(embed, batch=8, inflight=1)
+    index.model = "m1"
+    for u in ("ann", "bob", "cat"):
+        queue.put(u, f"{u}0", f"{u}1")
+    run(one_round(core))
+    assert index.batches == [["ann", "bob", "cat"]]
+    assert queue.done == {(u, f"{u}{i}") for u in ("ann", "cat") for i in range(2)}
+    assert set(queue.errors) == {("bob", "bob0"), ("bob", "bob1")}  # another model's vectors
+    assert all("m1" in reason for reason in queue.errors.values())
+    assert queue.retries[("bob", "bob0")] == 1  # permanent: no retries spent
+    assert index.mirror["ann"] == {"ann0", "ann1"} and index.mirror["cat"] == {"cat0", "cat1"}
+    assert metrics.done == 4 and core.processed == 4 and core.inflight == 0
+
+
+def test_a_batch_whose_reply_is_lost_is_sent_again_and_every_user_is_mirrored() -> None:
+    core, queue, _, index, metrics = make_core(batch=8, inflight=1)
+    index.lose_batches = 1
+    for u in ("ann", "bob"):
+        queue.put(u, f"{u}0", f"{u}1")
+    run(settle(core))
+    assert index.batches == [["ann", "bob"], ["ann", "bob"]]
+    assert index.mirror["ann"] == {"ann0", "ann1"} and index.mirror["bob"] == {"bob0", "bob1"}
+    assert queue.done == {(u, f"{u}{i}") for u in ("ann", "bob") for i in range(2)}
+    assert metrics.done == 4 and core.processed == 4
+
+
+def test_only_the_requests_that_failed_are_sent_again() -> None:
+    core, queue, _, index, _ = make_core(batch=8, inflight=1)
+    index.lose_replies = 1  # the first request's reply (ann's) is lost, bob's arrives
+    for u in ("ann", "bob"):
+        queue.put(u, f"{u}0")
+    run(settle(core))
+    assert index.batches == [["ann", "bob"], ["ann"]]
+    assert index.mirror["ann"] == {"ann0"} and index.mirror["bob"] == {"bob0"}
 
 
 @pytest.mark.parametrize(

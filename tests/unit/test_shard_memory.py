@@ -362,3 +362,33 @@ def test_pdf_pages_come_back_from_a_snapshot_with_the_same_answers(tmp_path: Pat
 
     assert after == before and reg.counters.loads == {"redis": 1, "snapshot": 1}
     assert vecs.scans == ["a"]
+
+
+def test_the_held_total_follows_every_load_add_eviction_drop_and_repair() -> None:
+    """A running total (O(1) per commit), always the sum of the loaded spaces' sizes."""
+    vecs = UsersVectors()
+    for seed, user in enumerate("abcd"):
+        vecs.fill(user, seed=seed)
+    reg, rec = registry(vecs, budget=3 * SPACE_BYTES + 100)
+
+    def exact() -> int:
+        return sum(space.nbytes() for space in reg.spaces.values())
+
+    steps: list[Any] = [
+        lambda: reg.load("a"),
+        lambda: reg.load("b"),
+        lambda: reg.add("a", {"new.jpg": 1000}, {"new.jpg": vectors(1, 7)[0]}, "m"),
+        lambda: reg.add("a", {"x.jpg": 1001}, {"x.jpg": vectors(1, 8)[0]}, "m", words={"x.jpg"}),
+        lambda: reg.load("c"),
+        lambda: reg.load("d"),  # over budget: the coldest goes
+        lambda: reg.evict("c"),
+        lambda: reg.drop("d"),
+        lambda: vecs.fill("b", n=3, seed=9),  # the mirror of b missed 3 vectors
+        lambda: reg.converge_all(),
+        lambda: reg.add("b", {"y.jpg": 2000}, {"y.jpg": vectors(1, 9)[0]}, "other-model"),
+    ]
+    for step in steps:
+        step()
+        assert reg.held_bytes() == exact()
+        assert rec.memory[-1][0] == reg.held_bytes() or not rec.memory
+    assert reg.held_bytes() > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from lumen.upgrade import (
     Rows,
     Vectors,
     commit_versions,
+    commit_versions_many,
     needs_reembedding,
     remaining,
     upgrade_pending,
@@ -45,6 +47,20 @@ class FakeActive:
         self.committed.append((model_id, [r[0] for r in rows]))
         self.rows += rows
         return {r[0]: i for i, r in enumerate(rows, 1)}
+
+    def infos(self, users: Sequence[str]) -> list[IndexInfo | None]:
+        return [self.info(user) for user in users]
+
+    def commit_many(
+        self, requests: Sequence[tuple[str, str, int, Rows]]
+    ) -> list[dict[str, int] | ModelMismatch]:
+        out: list[dict[str, int] | ModelMismatch] = []
+        for user, model_id, dim, rows in requests:
+            try:
+                out.append(self.commit(user, model_id, dim, rows))
+            except ModelMismatch as exc:
+                out.append(exc)
+        return out
 
 
 @dataclass
@@ -163,3 +179,33 @@ def test_the_pipelines_stages_give_the_models_own_vectors(tmp_path: Path) -> Non
     direct = clip.encode_images([Image.open(folder / "a.png")])[0]
     assert out["vector"].shape[1] == clip.dim
     assert float(out["vector"][0] @ direct) > 0.98  # the same image, resized once more
+
+
+def test_many_users_are_each_answered_on_their_own_in_one_batch() -> None:
+    """One user on the previous model (both versions), one new, one on a third model."""
+
+    @dataclass
+    class PerUser:
+        models: dict[str, str]
+        batches: int = 0
+
+        def infos(self, users: Sequence[str]) -> list[IndexInfo | None]:
+            return [IndexInfo(self.models[u], 4) if u in self.models else None for u in users]
+
+        def commit(self, user: str, model_id: str, dim: int, rows: Rows) -> dict[str, int]:
+            if self.models.setdefault(user, model_id) != model_id:
+                raise ModelMismatch(f"space holds {self.models[user]}")
+            return {r[0]: 1 for r in rows}
+
+        def commit_many(
+            self, requests: Sequence[tuple[str, str, int, Rows]]
+        ) -> list[dict[str, int] | ModelMismatch]:
+            self.batches += 1
+            return FakeActive.commit_many(self, requests)  # type: ignore[arg-type]
+
+    active, nxt = PerUser({"old": "model-a", "odd": "model-z"}), FakeNext()
+    out = commit_versions_many(active, nxt, [("old", B, A), ("new", B, A), ("odd", B, None)])
+    assert active.batches == 1
+    assert out[0] == (A, {"uploads/u/a.jpg": 1}) and out[1] == (B, {"uploads/u/a.jpg": 1})
+    assert isinstance(out[2], ModelMismatch)
+    assert nxt.written == [("model-b", ["uploads/u/a.jpg"])]  # the user on model-a only
