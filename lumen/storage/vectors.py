@@ -125,9 +125,8 @@ class VectorStore:
         extra = 0
         while True:  # again, with more blocks, when ids moved on since they were read
             seq, vids = self._ids_known(user, rows)
-            status, committed = self._commit(
-                **self._commit_call(user, model_id, dim, rows, seq, vids, extra)
-            )
+            call = self._commit_call(user, model_id, dim, rows, seq, vids, extra)
+            status, committed = self._commit(keys=call["keys"], args=call["args"])
             if text(status) != "blocks":
                 break
             extra += len(rows)
