@@ -76,6 +76,10 @@ class UserIndex:
         self._index: faiss.IndexIDMap2 | faiss.IndexIVFFlat = _new_flat(dim)
         self._kind = IndexKind.FLAT
         self._trained_at = 0
+        # The largest id ever held (None: not known yet, e.g. an index read from a snapshot).
+        # Ids are handed out in increasing order, so a commit's ids are nearly always above
+        # it and `upsert` skips the removal scan, which visits every stored id of a flat map.
+        self._max_id: int | None = -1
 
     @classmethod
     def build(
@@ -122,8 +126,10 @@ class UserIndex:
         ids, vectors = self._checked(ids, vectors)
         if len(ids) == 0:
             return
-        self._remove_present(ids)
+        if int(ids.min()) <= self._largest_id():
+            self._remove_present(ids)
         self._index.add_with_ids(vectors, ids)
+        self._max_id = max(self._largest_id(), int(ids.max()))
         self._reshape_if_needed()
 
     def remove(self, ids: np.ndarray) -> int:
@@ -188,6 +194,13 @@ class UserIndex:
             )
         return np.ascontiguousarray(matrix)
 
+    def _largest_id(self) -> int:
+        """An upper bound of the ids present (-1 when empty), read from FAISS once if unknown."""
+        if self._max_id is None:
+            held = self.ids()
+            self._max_id = int(held.max()) if len(held) else -1
+        return self._max_id
+
     def _remove_present(self, ids: np.ndarray) -> int:
         if len(self) == 0:
             return 0
@@ -219,6 +232,7 @@ class UserIndex:
             self._trained_at = 0
         if len(ids):
             self._index.add_with_ids(vectors, ids)
+        self._max_id = int(ids.max()) if len(ids) else -1
 
 
 def _new_flat(dim: int) -> faiss.IndexIDMap2:

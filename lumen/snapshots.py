@@ -258,6 +258,7 @@ def _wrap(
     )
     index._index = raw
     index._kind = kind
+    index._max_id = None  # read from the ids when an upsert first needs it
     index._trained_at = trained_at
     index._reshape_if_needed()  # the threshold may have changed since it was written
     return index

@@ -69,6 +69,25 @@ def test_upsert_replaces_the_vector_of_an_existing_id() -> None:
     assert index.search(vectors[7], 1)[0][0].id != 7
 
 
+def test_fresh_ids_skip_the_removal_scan_and_old_ids_are_still_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index, vectors = filled(100)
+    scans: list[int] = []
+    scan = index._remove_present
+    monkeypatch.setattr(index, "_remove_present", lambda ids: scans.append(len(ids)) or scan(ids))
+
+    index.upsert(np.arange(100, 110), clustered(10, seed=3))  # ids above every held one
+    assert scans == []
+
+    index.remove(np.array([109]))  # the largest id gone: 109 is still not fresh
+    scans.clear()
+    index.upsert(np.array([5, 109]), vectors[60:62])
+    assert scans == [2]
+    assert len(index) == 110
+    assert {hit.id for hit in index.search(vectors[60], 2)[0]} == {5, 60}
+
+
 def test_an_id_repeated_in_one_batch_keeps_its_last_vector() -> None:
     vectors = clustered(3)
     index = new_index()

@@ -44,7 +44,11 @@ def test_a_snapshot_reads_back_to_the_same_index(tmp_path: Path, n: int) -> None
     queries = vectors(5, seed=1)
     assert hits(loaded, queries) == hits(built, queries)  # same ids, same scores
     assert np.array_equal(vectors_of(loaded, ids[:3]), vectors_of(built, ids[:3]))
-    # it stays a working index: ids are removed and added by id
+    # it stays a working index: an id it held is replaced, not added twice; ids are removed
+    # and added by id
+    loaded.upsert(np.array([3]), vectors(1, seed=3))
+    assert len(loaded) == n
+    assert hits(loaded, vectors(1, seed=3))[0][0][0] == 3
     assert loaded.remove(np.array([1, 2])) == 2
     loaded.upsert(np.array([n + 1]), vectors(1, seed=2))
     assert len(loaded) == n - 1
