@@ -98,30 +98,49 @@ class EventSink(Protocol):
 
 @dataclass
 class RoundRobin:
-    """Splits free capacity across active users, rotating past those just served.
+    """Deficit round robin with a quantum of one chunk: users take whole turns.
 
-    Every active user gets at least one slot per round while capacity lasts, so a user with
-    50,000 queued items delays a user with 5 by at most one round of in-flight work.
+    Each turn gives the next user in rotation up to a chunk of items, so a chunk usually holds
+    one user's items and pays the per-user costs (a claim script, an index commit, an upsert
+    into that user's index) once, as a single user's would. The next pass starts with the
+    first user this one did not reach, so with n users of work queued a user waits at most
+    n chunks; capacity a user leaves unused goes to the others (`split`) in the same pass.
     """
 
     offset: int = 0
 
-    def plan(self, users: list[str], capacity: int, max_per_user: int) -> list[tuple[str, int]]:
+    def plan(self, users: list[str], capacity: int, quantum: int) -> list[tuple[str, int]]:
         if not users or capacity <= 0:
             return []
         start = self.offset % len(users)
         ordered = users[start:] + users[:start]
-        share = max(1, min(max_per_user, capacity // len(ordered)))
         plan: list[tuple[str, int]] = []
         for user in ordered:
             if capacity <= 0:
                 break
-            take = min(share, capacity)
+            take = min(quantum, capacity)
             plan.append((user, take))
             capacity -= take
-        # the next round starts with the first user this round could not serve
+        # the next pass starts with the first user this one could not reach
         self.offset = (start + len(plan)) % len(users)
         return plan
+
+
+def split(users: list[str], capacity: int, max_per_user: int) -> list[tuple[str, int]]:
+    """`capacity` shared evenly (at least one each, in order, while it lasts): how what the
+    users of a turn left unused is offered to everyone else at once, so many light users fill
+    a chunk in one more claim, not one claim each."""
+    if not users or capacity <= 0:
+        return []
+    share = max(1, min(max_per_user, capacity // len(users)))
+    plan: list[tuple[str, int]] = []
+    for user in users:
+        if capacity <= 0:
+            break
+        take = min(share, capacity)
+        plan.append((user, take))
+        capacity -= take
+    return plan
 
 
 class Failure(NamedTuple):
@@ -284,8 +303,9 @@ class DispatchCore:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     def claim(self, free: int) -> list[tuple[str, list[str]]]:
-        """Round robin over the active users; capacity a light user leaves unused goes to
-        those who filled their share, so batches stay full while many users are active."""
+        """Whole turns in rotation (`RoundRobin`), then what the turns left unused shared by
+        everyone not yet served and those who used their whole share, until the window is
+        full or nobody has more: batches stay full, and most chunks hold one user."""
         s = self.settings
         users = [u for u in self.queue.active_users() if self.owns is None or self.owns(u)]
         now = time.monotonic()
@@ -294,17 +314,22 @@ class DispatchCore:
             for state, n in self.queue.depth().items():
                 self.metrics.queue_depth(state, n)
         out = []
-        while users and free > 0:
+        reached: set[str] = set()
+        plan = self.rr.plan(users, free, self.pacing.chunk)
+        while plan:
             hungry = []
-            plan = self.rr.plan(users, free, self.pacing.chunk)
             got = self.queue.claim_many(plan, CLAIMER, s.task_timeout_s)
             for (user, n), items in zip(plan, got, strict=True):
+                reached.add(user)
                 if items:
                     out.append((user, items))
                     free -= len(items)
                 if len(items) == n:
                     hungry.append(user)
-            users = hungry
+            start = self.rr.offset % len(users)  # those not reached yet, in rotation order
+            ahead = users[start:] + users[:start]
+            waiting = [u for u in ahead if u not in reached] + hungry
+            plan = split(waiting, free, self.pacing.chunk)
         return out
 
     def sweep(self) -> None:

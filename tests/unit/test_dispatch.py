@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from lumen.config import QueueSettings
-from lumen.dispatch import DispatchCore, Pacing, RoundRobin, WorkerDied, pace, pack
+from lumen.dispatch import DispatchCore, Pacing, RoundRobin, WorkerDied, pace, pack, split
 from lumen.worker import EmbedResult
 from tests.support.dispatch_fakes import (
     FakeEmbed,
@@ -342,47 +342,92 @@ def test_only_the_requests_that_failed_are_sent_again() -> None:
 
 
 @pytest.mark.parametrize(
-    ("users", "capacity", "per_user", "expected"),
+    ("users", "capacity", "quantum", "expected"),
     [
         ([], 10, 4, []),
         (["a"], 0, 4, []),
         (["a", "b"], 8, 4, [("a", 4), ("b", 4)]),
+        (["a", "b", "c"], 6, 4, [("a", 4), ("b", 2)]),
+        (["a", "b", "c"], 2, 4, [("a", 2)]),
+    ],
+)
+def test_round_robin_gives_whole_turns_while_capacity_lasts(
+    users: list[str], capacity: int, quantum: int, expected: list[tuple[str, int]]
+) -> None:
+    assert RoundRobin().plan(users, capacity, quantum) == expected
+
+
+def test_round_robin_starts_the_next_pass_with_the_users_left_out() -> None:
+    rr = RoundRobin()
+    assert rr.plan(["a", "b", "c"], 8, 4) == [("a", 4), ("b", 4)]
+    assert rr.plan(["a", "b", "c"], 8, 4) == [("c", 4), ("a", 4)]
+
+
+def test_round_robin_serves_every_user_once_per_rotation() -> None:
+    rr = RoundRobin()
+    users = [f"u{i}" for i in range(10)]
+    turns = [rr.plan(users, capacity=32, quantum=32) for _ in range(20)]
+    assert all(len(t) == 1 and t[0][1] == 32 for t in turns)
+    served = [t[0][0] for t in turns]
+    assert served[:10] == users and served[10:] == users  # nobody waits more than n chunks
+
+
+@pytest.mark.parametrize(
+    ("users", "capacity", "per_user", "expected"),
+    [
+        ([], 10, 4, []),
+        (["a"], 0, 4, []),
+        (["a", "b"], 100, 32, [("a", 32), ("b", 32)]),
+        (["a", "b"], 10, 32, [("a", 5), ("b", 5)]),
         (["a", "b", "c"], 2, 4, [("a", 1), ("b", 1)]),
     ],
 )
-def test_round_robin_splits_capacity(
+def test_split_shares_leftover_capacity_evenly(
     users: list[str], capacity: int, per_user: int, expected: list[tuple[str, int]]
 ) -> None:
-    assert RoundRobin().plan(users, capacity, per_user) == expected
+    assert split(users, capacity, per_user) == expected
 
 
-def test_round_robin_starts_the_next_round_with_the_users_left_out() -> None:
-    rr = RoundRobin()
-    assert rr.plan(["a", "b", "c"], 2, 4) == [("a", 1), ("b", 1)]
-    assert rr.plan(["a", "b", "c"], 2, 4) == [("c", 1), ("a", 1)]
+def test_many_users_with_work_queued_get_a_chunk_each() -> None:
+    """The point of whole turns: a chunk pays the per-user costs once, as one user's would."""
+    embed = FakeEmbed()
+    core, queue, _, _, _ = make_core(embed, batch=8, inflight=4)  # 32 in flight
+    for u in range(21):
+        queue.put(f"u{u:02}", *[f"u{u:02}-{i}" for i in range(40)])
+    run(one_round(core))
+    assert [[user for user, _ in parts] for parts in embed.chunks] == [
+        ["u00"], ["u01"], ["u02"], ["u03"]
+    ]  # fmt: skip
+    assert queue.claim_passes == [[("u00", 8), ("u01", 8), ("u02", 8), ("u03", 8)]]
+    run(one_round(core))
+    assert [parts[0][0] for parts in embed.chunks[4:]] == ["u04", "u05", "u06", "u07"]
 
 
-def test_round_robin_caps_each_user_at_max_per_user_and_splits_a_small_capacity_evenly() -> None:
-    rr = RoundRobin()
-    assert rr.plan(["heavy", "light"], capacity=100, max_per_user=32) == [
-        ("heavy", 32),
-        ("light", 32),
-    ]
-    assert rr.plan(["heavy", "light"], capacity=10, max_per_user=32) == [
-        ("heavy", 5),
-        ("light", 5),
-    ]
+def test_many_light_users_fill_a_chunk_in_a_few_claims() -> None:
+    embed = FakeEmbed()
+    core, queue, _, _, _ = make_core(embed, batch=32, inflight=1)  # one chunk of 32
+    for u in range(20):
+        queue.put(f"light{u:02}", f"l{u}a", f"l{u}b")
+    claimed = core.claim(core.capacity)
+    assert sum(len(items) for _, items in claimed) == 32  # the chunk is full
+    # one turn (2 of 32 used), the 30 left shared by the 19 others (one each), then 11 more:
+    # three claims, not one per user
+    assert [len(p) for p in queue.claim_passes] == [1, 19, 11]
+    assert {u for u, _ in claimed} == {f"light{u:02}" for u in range(20)}
 
 
-def test_round_robin_never_exceeds_capacity_and_serves_many_users_over_rounds() -> None:
-    rr = RoundRobin()
-    users = [f"u{i}" for i in range(10)]
-    served: set[str] = set()
-    for _ in range(3):
-        plan = rr.plan(users, capacity=4, max_per_user=32)
-        assert sum(n for _, n in plan) <= 4
-        served |= {u for u, _ in plan}
-    assert served == set(users)  # nobody waits more than ceil(10 / 4) rounds
+def test_a_light_user_waits_at_most_one_chunk_per_user_ahead() -> None:
+    embed = FakeEmbed()
+    core, queue, _, _, _ = make_core(embed, batch=8, inflight=1)
+    for u in ("h1", "h2", "h3"):
+        queue.put(u, *[f"{u}-{i}" for i in range(100)])
+    run(one_round(core))  # h1's turn
+    queue.put("light", "l1")
+    passes = 0
+    while ("light", "l1") not in queue.done:
+        run(one_round(core))
+        passes += 1
+    assert passes <= 3  # h2, h3 (or fewer), then light
 
 
 def test_capacity_a_light_user_leaves_unused_goes_to_the_heavy_user() -> None:
