@@ -661,6 +661,7 @@ def main() -> None:
             phases.append(backlog_phase(svc, args.users, per_user, spy))
             for phase in phases[-2:]:
                 phase.batch = batch
+        redis_time(svc)
         idle, idle_s = idle_phase(svc, args.idle_s, args.py_spy)
         pids = defaultdict(list)
         for p in processes(svc):
@@ -669,6 +670,21 @@ def main() -> None:
     print("# pids: " + "; ".join(f"{r} {sorted(v)}" for r, v in sorted(pids.items())), flush=True)
     if args.py_spy is not None:
         print(f"# py-spy raw stacks in {args.py_spy}", flush=True)
+
+
+def redis_time(svc: Service, top: int = 10) -> None:
+    """Where redis-server's time went over the whole run (INFO commandstats; the Lua
+    scripts together under evalsha, the commands they run also under their own names)."""
+    stats = svc.redis.info("commandstats")
+    rows = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:top]
+    table(
+        "redis-server: time by command over the whole run (INFO commandstats)",
+        ["command", "calls", "usec / call", "seconds"],
+        [
+            [c.removeprefix("cmdstat_"), v["calls"], f"{v['usec_per_call']:.1f}", v["usec"] / 1e6]
+            for c, v in rows
+        ],
+    )
 
 
 def spy_dir(out: Path | None, batch: int | None, sub: str = "") -> Path | None:
@@ -705,6 +721,7 @@ def compare(args: argparse.Namespace) -> None:
                         flush=True,
                     )
                     runs.append((users, phase))
+        redis_time(svc)
     compare_report(runs)
     if args.py_spy is not None:
         print(f"# py-spy raw stacks in {args.py_spy}", flush=True)
