@@ -40,6 +40,12 @@ timing: the verdicts are printed, and the exit status is 0 unless the run itself
         # fairness: the queued-backlog phase alone with 1 user, then the same items split
         # over 21 users (alternating, `--rounds` times each), and the 21-user rate as a
         # ratio of the 1-user rate measured in the same run (target >= 0.8)
+    python bench/control_plane.py --items 4200 --batch 32,256 [--compare 1,21]
+        # the same at each Embedder batch size in turn: the Embedder's `user_config`
+        # `max_batch_size` is redeployed (reconfigured, not restarted; max_ongoing_requests
+        # raised to at least it), and the dispatcher sizes its chunks from it. 256 is what a
+        # GPU replica runs, so it is the figure for the 5,000 target. Images per forward
+        # pass come from the passes the replicas count (their heartbeats).
 """
 
 from __future__ import annotations
@@ -66,10 +72,12 @@ from common import (
     print_machine,
     random_jpeg_zip,
     running_service,
+    set_deployment,
     table,
 )
 
 from lumen.nullmodel import BENCHMARK_ENV, BENCHMARK_ENV_VALUE
+from lumen.storage import Stores
 
 TARGET_ITEMS_PER_S = 5_000.0
 TARGET_IDLE_CORE_PCT = 2.0
@@ -184,6 +192,17 @@ class Phase:
     errors: int
     cpu: dict[str, tuple[int, float]]
     note: str = ""
+    batch: int | None = None  # the Embedder's max_batch_size (None: as configs/local.yaml)
+    passes: int = 0  # forward passes the replicas ran meanwhile, and the items in them
+    pass_items: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.name if self.batch is None else f"{self.name}, batch {self.batch}"
+
+    @property
+    def per_pass(self) -> str:
+        return f"{self.pass_items / self.passes:.0f}" if self.passes else "?"
 
     @property
     def done(self) -> int:
@@ -268,12 +287,59 @@ class Profiler:
                 child.kill()
 
 
+def set_batch(svc: Service, batch: int, timeout_s: float = 120.0) -> None:
+    """Redeploy the Embedder with `max_batch_size` = `batch` (a reconfigure, no restart) and
+    wait until every live replica's heartbeat says so, then for the dispatcher to re-pace."""
+    from deploy import deploy
+
+    config = svc.config
+    app = config["applications"][0]
+    dep = next(d for d in app["deployments"] if d["name"] == "Embedder")
+    ongoing = max(int(dep.get("max_ongoing_requests", 0)), batch)
+    set_deployment(
+        config, "Embedder", max_ongoing_requests=ongoing, user_config={"max_batch_size": batch}
+    )
+    deploy(config, timeout_s=timeout_s)
+    beats = Stores(svc.settings, svc.redis).heartbeats
+    stale_s = svc.settings.monitor.stale_after_s
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        now = time.time()
+        sizes = {
+            b.get("batch") for b in beats.all().values() if now - float(b.get("ts", 0)) < stale_s
+        }
+        if sizes == {batch}:
+            break
+        time.sleep(0.5)
+    else:
+        print(f"# !! replicas still report batch sizes {sizes}, not {batch}", flush=True)
+    time.sleep(1.5)  # the dispatcher re-reads the replicas' batch sizes every second
+    print(f"# Embedder max_batch_size {batch} (max_ongoing_requests {ongoing})", flush=True)
+
+
+def pass_counts(svc: Service) -> dict[str, tuple[int, int]]:
+    """worker -> (forward passes, items in them) so far, from the Embedders' heartbeats."""
+    beats = Stores(svc.settings, svc.redis).heartbeats.all()
+    return {w: (int(b["passes"]), int(b["pass_items"])) for w, b in beats.items() if "passes" in b}
+
+
+def count_passes(svc: Service, phase: Phase, before: dict[str, tuple[int, int]]) -> None:
+    """Passes and their items since `before`, once every replica has beaten again (a replica
+    started meanwhile counts from zero)."""
+    time.sleep(svc.settings.monitor.heartbeat_interval_s + 0.5)
+    for worker, (passes, items) in pass_counts(svc).items():
+        was = before.get(worker, (0, 0))
+        phase.passes += passes - was[0]
+        phase.pass_items += items - was[1]
+
+
 def upload_phase(
     svc: Service, users: list[tuple[str, dict[str, str]]], zips: list[Path], spy: Path | None
 ) -> Phase:
     """Every user uploads its ZIP at once over HTTP; until every item is committed."""
     procs = processes(svc)
     before = cpu_seconds(procs)
+    counted = pass_counts(svc)
     profiler = Profiler(spy, "upload", procs)
     answered: list[float] = []
     queued: list[int] = []
@@ -302,6 +368,7 @@ def upload_phase(
     profiler.stop()
     phase = collect(svc, "upload -> done (HTTP)", names, t0, procs, before)
     phase.note = f"uploads answered after {max(answered) - t0:.1f} s"
+    count_passes(svc, phase, counted)
     return phase
 
 
@@ -325,6 +392,7 @@ def backlog_phase(svc: Service, n_users: int, per_user: int, spy: Path | None) -
     fill_s = time.perf_counter() - t_fill
     procs = processes(svc)
     before = cpu_seconds(procs)
+    counted = pass_counts(svc)
     profiler = Profiler(spy, "backlog", procs)
     t0 = time.time()
     ray.get([get_dispatcher(svc.settings, s).wake.remote() for s in range(dispatchers(svc))])
@@ -332,6 +400,7 @@ def backlog_phase(svc: Service, n_users: int, per_user: int, spy: Path | None) -
     profiler.stop()
     phase = collect(svc, "queued backlog -> done", names, t0, procs, before)
     phase.note = f"queued into Redis in {fill_s:.1f} s before the clock started"
+    count_passes(svc, phase, counted)
     return phase
 
 
@@ -401,20 +470,21 @@ def ceilings(p: Phase) -> tuple[str, float, float]:
 
 def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: float) -> None:
     for p in phases:
-        print(f"# {p.name}: {p.done:,} done, {p.errors} errors, wall {p.wall_s:.1f} s; {p.note}")
+        print(f"# {p.label}: {p.done:,} done, {p.errors} errors, wall {p.wall_s:.1f} s; {p.note}")
     rows = []
     bounds = []
     for p in phases:
         role, role_cap, box_cap = ceilings(p)
         n = p.cpu.get(role, (0, 0.0))[0]
         bounds.append(
-            [p.name, f"{role} (x{n})", f"{role_cap:.0f}", f"{box_cap:.0f}", os.cpu_count()]
+            [p.label, f"{role} (x{n})", f"{role_cap:.0f}", f"{box_cap:.0f}", os.cpu_count()]
         )
         rate, span = p.steady()
         rows.append(
             [
-                p.name,
+                p.label,
                 f"{p.done:,}",
+                p.per_pass,
                 f"{rate:.0f}",
                 f"{span:.1f}",
                 f"{p.done / p.wall_s:.0f}",
@@ -428,6 +498,7 @@ def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: floa
         [
             "path",
             "items",
+            "images / forward pass",
             "steady items/s (p5..p95 commits)",
             "p5..p95 s",
             "items/s over wall",
@@ -473,7 +544,7 @@ def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: floa
     for i, _ in enumerate(phases):
         header += [f"[{i + 1}] CPU-us / item", f"[{i + 1}] % core"]
     header.append("idle % core")
-    legend = "; ".join(f"[{i + 1}] {p.name}" for i, p in enumerate(phases))
+    legend = "; ".join(f"[{i + 1}] {p.label}" for i, p in enumerate(phases))
     table(f"CPU per process ({legend}; idle over {idle_s:.0f} s)", header, rows)
     control = sum(idle.get(r, (0, 0.0))[1] for r in CONTROL_PLANE)
     pct = 100 * control / idle_s
@@ -492,47 +563,52 @@ def report(phases: list[Phase], idle: dict[str, tuple[int, float]], idle_s: floa
 
 
 def compare_report(runs: list[tuple[int, Phase]]) -> None:
-    """Each backlog run by its user count, then the many-user rate against the 1-user rate
-    (medians over the rounds, all measured in this run)."""
+    """Each backlog run by its batch size and user count, then, per batch size, the many-user
+    rate against the 1-user rate (medians over the rounds, all measured in this run)."""
     cols = ("dispatcher", "index shard", "embedder", "redis-server")
     rows = []
-    rates: dict[int, list[float]] = defaultdict(list)
+    rates: dict[int | None, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for users, p in runs:
         rate, _ = p.steady()
-        rates[users].append(rate)
+        rates[p.batch][users].append(rate)
         cpu = [p.cpu.get(c, (0, 0.0))[1] / max(p.done, 1) * 1e6 for c in cols]
         total = sum(s for _, s in p.cpu.values()) / max(p.done, 1) * 1e6
         rows.append(
-            [users, f"{p.done:,}", f"{rate:.0f}", f"{p.wall_s:.1f}"]
+            [p.batch or "as configured", users, f"{p.done:,}", p.per_pass, f"{rate:.0f}"]
+            + [f"{p.wall_s:.1f}", f"{rate / TARGET_ITEMS_PER_S:.2f}"]
             + [f"{c:.0f}" for c in cpu]
             + [f"{total:.0f}"]
         )
     table(
-        "Queued backlog -> done by number of users (same items in all)",
-        ["users", "items", "steady items/s", "wall s"]
+        f"Queued backlog -> done by batch size and users (same items in all; target >= "
+        f"{TARGET_ITEMS_PER_S:,.0f} items/s)",
+        ["batch", "users", "items", "images / pass", "steady items/s", "wall s", "/ target"]
         + [f"{c} CPU-us / item" for c in cols]
         + ["all CPU-us / item"],
         rows,
     )
-    counts = sorted(rates)
-    base = statistics.median(rates[counts[0]])
     out = []
-    for users in counts[1:]:
-        many = statistics.median(rates[users])
-        ratio = many / base
-        out.append(
-            [
-                f"{users} / {counts[0]}",
-                f"{base:.0f}",
-                f"{many:.0f}",
-                f"{ratio:.2f}",
-                f"{TARGET_FAIR_RATIO}",
-                "PASS" if ratio >= TARGET_FAIR_RATIO else "FAIL",
-            ]
-        )
+    for batch, by_users in rates.items():
+        counts = sorted(by_users)
+        base = statistics.median(by_users[counts[0]])
+        for users in counts[1:]:
+            many = statistics.median(by_users[users])
+            ratio = many / base
+            out.append(
+                [
+                    batch or "as configured",
+                    f"{users} / {counts[0]}",
+                    f"{base:.0f}",
+                    f"{many:.0f}",
+                    f"{ratio:.2f}",
+                    f"{TARGET_FAIR_RATIO}",
+                    "PASS" if ratio >= TARGET_FAIR_RATIO else "FAIL",
+                ]
+            )
+    rounds = len(next(iter(next(iter(rates.values())).values())))
     table(
-        f"Many users vs one: steady items/s, medians of {len(rates[counts[0]])} round(s)",
-        ["users", "one-user items/s", "many-user items/s", "ratio", "target", "verdict"],
+        f"Many users vs one: steady items/s, medians of {rounds} round(s)",
+        ["batch", "users", "one-user items/s", "many-user items/s", "ratio", "target", "verdict"],
         out,
     )
 
@@ -552,7 +628,13 @@ def main() -> None:
         help="user counts, e.g. 1,21: only the backlog phase, once per count per round",
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds of --compare")
+    parser.add_argument(
+        "--batch",
+        default="",
+        help="Embedder max_batch_size values, e.g. 32,256: every phase runs at each in turn",
+    )
     args = parser.parse_args()
+    args.batches = [int(b) for b in args.batch.split(",")] if args.batch else [None]
     if args.compare:
         compare(args)
         return
@@ -569,9 +651,17 @@ def main() -> None:
         warm, warm_headers = svc.new_user("warm")
         svc.upload_zip(warm_headers, warm_zip)
         svc.wait_settled(warm, WARMUP_ITEMS, timeout_s=300)
-        users = [svc.new_user("cp", address=bench_address()) for _ in range(args.users)]
-        phases = [upload_phase(svc, users, zips, args.py_spy)]
-        phases.append(backlog_phase(svc, args.users, per_user, args.py_spy))
+        phases: list[Phase] = []
+        for batch in args.batches:
+            if batch is not None:
+                set_batch(svc, batch)
+            spy = spy_dir(args.py_spy, batch)
+            users = [svc.new_user("cp", address=bench_address()) for _ in range(args.users)]
+            phases.append(upload_phase(svc, users, zips, spy))
+            phases.append(backlog_phase(svc, args.users, per_user, spy))
+            for phase in phases[-2:]:
+                phase.batch = batch
+        redis_time(svc)
         idle, idle_s = idle_phase(svc, args.idle_s, args.py_spy)
         pids = defaultdict(list)
         for p in processes(svc):
@@ -580,6 +670,29 @@ def main() -> None:
     print("# pids: " + "; ".join(f"{r} {sorted(v)}" for r, v in sorted(pids.items())), flush=True)
     if args.py_spy is not None:
         print(f"# py-spy raw stacks in {args.py_spy}", flush=True)
+
+
+def redis_time(svc: Service, top: int = 10) -> None:
+    """Where redis-server's time went over the whole run (INFO commandstats; the Lua
+    scripts together under evalsha, the commands they run also under their own names)."""
+    stats = svc.redis.info("commandstats")
+    rows = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:top]
+    table(
+        "redis-server: time by command over the whole run (INFO commandstats)",
+        ["command", "calls", "usec / call", "seconds"],
+        [
+            [c.removeprefix("cmdstat_"), v["calls"], f"{v['usec_per_call']:.1f}", v["usec"] / 1e6]
+            for c, v in rows
+        ],
+    )
+
+
+def spy_dir(out: Path | None, batch: int | None, sub: str = "") -> Path | None:
+    """Where py-spy stacks of one phase go (None: not recorded)."""
+    if out is None:
+        return None
+    path = out / f"b{batch}" if batch is not None else out
+    return path / sub if sub else path
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -593,13 +706,22 @@ def compare(args: argparse.Namespace) -> None:
         warm, warm_headers = svc.new_user("warm")
         svc.upload_zip(warm_headers, warm_zip)
         svc.wait_settled(warm, WARMUP_ITEMS, timeout_s=300)
-        for r in range(args.rounds):
-            for users in counts:
-                spy = args.py_spy / f"r{r}-u{users}" if args.py_spy is not None else None
-                phase = backlog_phase(svc, users, args.items // users, spy)
-                rate, _ = phase.steady()
-                print(f"# round {r + 1}, {users} user(s): {rate:.0f} items/s", flush=True)
-                runs.append((users, phase))
+        for batch in args.batches:
+            if batch is not None:
+                set_batch(svc, batch)
+            for r in range(args.rounds):
+                for users in counts:
+                    spy = spy_dir(args.py_spy, batch, f"r{r}-u{users}")
+                    phase = backlog_phase(svc, users, args.items // users, spy)
+                    phase.batch = batch
+                    rate, _ = phase.steady()
+                    print(
+                        f"# {phase.label}, round {r + 1}, {users} user(s): {rate:.0f} items/s,"
+                        f" {phase.per_pass} images / pass",
+                        flush=True,
+                    )
+                    runs.append((users, phase))
+        redis_time(svc)
     compare_report(runs)
     if args.py_spy is not None:
         print(f"# py-spy raw stacks in {args.py_spy}", flush=True)

@@ -13,6 +13,7 @@ import torch
 from ray import serve
 
 from lumen import metrics
+from lumen.batching import ChunkBatcher
 from lumen.config import ModelSettings, Settings
 from lumen.embedding import ClipModel, model_id_for
 from lumen.errors import Busy, ModelMismatch
@@ -23,14 +24,16 @@ from lumen.ocr import OCR_BUSY_NOTE, OCR_FAILED_NOTE, Words, ocr_outcome
 from lumen.storage import Stores
 from lumen.storage.vectors import IndexInfo
 from lumen.vectors import encode_vector
-from lumen.worker import EmbedderCore, EmbedResult
+from lumen.worker import EmbedderCore, EmbedResult, attempt
 
 BATCH_SIZE = 32  # until the YAML's user_config says otherwise (reconfigure)
+BATCH_WAIT_S = 0.02
 
 
 @serve.deployment
 class Embedder:
-    """One model per replica; images and texts are batched with `@serve.batch`.
+    """One model per replica. Images are batched by whole chunks (`ChunkBatcher`: one
+    submission per chunk, not one call per item) and texts with `@serve.batch`.
 
     Decoding runs on threads outside the batch, so the model works on one batch while the next
     batch's images are decoded. Photos that may show words are read by Tesseract on a pool of
@@ -47,6 +50,8 @@ class Embedder:
         self.interval_s = settings.monitor.heartbeat_interval_s
         self._beat_task: asyncio.Task[None] | None = None
         self.max_batch_size = BATCH_SIZE
+        self.batcher: ChunkBatcher[torch.Tensor, tuple[str, str], tuple[np.ndarray, str]]
+        self.batcher = ChunkBatcher(self._forward, BATCH_SIZE, BATCH_WAIT_S)
         ocr = settings.ocr
         self.ocr_pool = BoundedExecutor("photo OCR", ocr.workers, ocr.queue)
         self.previous = settings.reindex.previous_model
@@ -60,10 +65,10 @@ class Embedder:
         """Runtime knobs from the YAML's `user_config`."""
         if "max_batch_size" in config:
             self.max_batch_size = int(config["max_batch_size"])
-            self._embed_batch.set_max_batch_size(int(config["max_batch_size"]))
-            self._text_batch.set_max_batch_size(int(config["max_batch_size"]))
+            self.batcher.set_max_batch_size(self.max_batch_size)
+            self._text_batch.set_max_batch_size(self.max_batch_size)
         if "batch_wait_timeout_s" in config:  # images only: a text query never waits to batch
-            self._embed_batch.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+            self.batcher.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
     def _beat(self) -> None:
         with contextlib.suppress(Exception):
@@ -164,52 +169,63 @@ class Embedder:
     async def _embed_items(self, user: str, items: list[str]) -> list[EmbedResult]:
         """Embed a chunk of one user's queued items: one request, many batch slots.
 
-        Each item is decoded on a thread and then joins whatever `@serve.batch` is forming,
-        so chunks from several users share forward passes while the next chunk decodes.
-        With a GPU the chunk's JPEGs decode there together first (the core decides per item).
+        The chunk is decoded, then joins the passes the batcher is forming as one unit, so
+        chunks from several users share forward passes while the next chunk decodes. With a
+        GPU the chunk's JPEGs decode there together first (the core decides per item).
         """
         self._ensure_heartbeat()
         if self.core.batch_decoder is not None:
+            # decoded on the GPU: the OCR thread runs the pre-check on its own small decode
             decoded = await asyncio.to_thread(self.core.decode_many, user, items)
-            pairs = zip(items, decoded, strict=True)
-            return list(await asyncio.gather(*(self._embed_decoded(user, *p) for p in pairs)))
-        return list(await asyncio.gather(*(self._embed_one(user, item) for item in items)))
+            looks = [self.core.reader is not None] * len(items)
+            return await self._embed_decoded(user, items, decoded, looks, check=True)
+        if self.core.null:  # no file to read: the whole chunk in one thread hop
+            pairs = await asyncio.to_thread(self.core.decode_and_look_many, user, items)
+        else:  # Pillow decodes in parallel, one thread per item (sized to the replica's CPUs)
+            pairs = await asyncio.gather(
+                *(asyncio.to_thread(attempt, self.core.decode_and_look, user, i) for i in items)
+            )
+        decoded = [p if isinstance(p, Exception) else p[0] for p in pairs]
+        looks = [not isinstance(p, Exception) and p[1] for p in pairs]
+        return await self._embed_decoded(user, items, decoded, looks, check=False)
 
-    async def _embed_one(self, user: str, item: str) -> EmbedResult:
-        reading: asyncio.Future[Words] | None = None
-        try:
-            tensor, look = await asyncio.to_thread(self.core.decode_and_look, user, item)
-            reading = self._read_words(user, item, check=False) if look else None
-            vector, caption = await self._embed_batch(tensor, (user, item))
-        except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
-            if reading is not None:
-                reading.cancel()
-            return self.core.failure(user, item, exc)
-        words = await _words(reading)
-        self._count_ocr(words, looked=self.core.reader is not None)
-        return self.core.result(user, item, vector, caption, words)
+    async def _embed_decoded(
+        self,
+        user: str,
+        items: list[str],
+        decoded: list[torch.Tensor | Exception],
+        looks: list[bool],
+        check: bool,
+    ) -> list[EmbedResult]:
+        """Embed a decoded chunk in one submission to the batcher; OCR reads the photos in
+        `looks` meanwhile. Every item is answered on its own: a failure never fails others."""
+        readings: dict[int, asyncio.Future[Words]] = {
+            i: self._read_words(user, items[i], check)
+            for i, (d, look) in enumerate(zip(decoded, looks, strict=True))
+            if look and not isinstance(d, Exception)
+        }
+        ok = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
+        answers = await self.batcher.submit([(decoded[i], (user, items[i])) for i in ok])
+        embedded = dict(zip(ok, answers, strict=True))
+        results = []
+        for i, item in enumerate(items):
+            answer = embedded.get(i, decoded[i])
+            reading = readings.get(i)
+            if isinstance(answer, Exception):
+                if reading is not None:
+                    reading.cancel()
+                results.append(self.core.failure(user, item, answer))
+                continue
+            words = await _words(reading)
+            self._count_ocr(words, looked=self.core.reader is not None)
+            vector, caption = answer
+            results.append(self.core.result(user, item, vector, caption, words))
+        return results
 
     def _count_ocr(self, words: Words | None, looked: bool) -> None:
         if looked:
             with contextlib.suppress(Exception):
                 metrics.ocr_photos().inc(1, tags={"outcome": ocr_outcome(words)})
-
-    async def _embed_decoded(
-        self, user: str, item: str, decoded: torch.Tensor | Exception
-    ) -> EmbedResult:
-        if isinstance(decoded, Exception):
-            return self.core.failure(user, item, decoded)
-        # decoded on the GPU: the OCR thread runs the pre-check on its own small decode
-        reading = self._read_words(user, item, check=True) if self.core.reader else None
-        try:
-            vector, caption = await self._embed_batch(decoded, (user, item))
-        except Exception as exc:  # noqa: BLE001 - reported per item, never fails the batch
-            if reading is not None:
-                reading.cancel()
-            return self.core.failure(user, item, exc)
-        words = await _words(reading)
-        self._count_ocr(words, looked=reading is not None)
-        return self.core.result(user, item, vector, caption, words)
 
     def _read_words(self, user: str, item: str, check: bool) -> asyncio.Future[Words]:
         """OCR of one photo on the OCR pool; a full pool is a note, never an error."""
@@ -220,22 +236,27 @@ class Embedder:
             done.set_result(Words(note=OCR_BUSY_NOTE))
             return done
 
-    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=0.02)
-    async def _embed_batch(
+    async def _forward(
         self, tensors: list[torch.Tensor], owners: list[tuple[str, str]]
     ) -> list[tuple[np.ndarray, str]]:
-        by_user: dict[str, list[str]] = {}
-        for user, item in owners:
-            by_user.setdefault(user, []).append(item)
-        await asyncio.to_thread(self._assign, by_user)
-        started = time.perf_counter()
-        vectors, captions = await asyncio.to_thread(self.core.embed_checked, tensors)
-        metrics.embed_batch_seconds().observe(time.perf_counter() - started)
+        """One forward pass of the batcher: its items assigned to this replica, embedded and
+        captioned, in one thread hop."""
+        embed = self._assign_and_embed
+        vectors, captions, seconds = await asyncio.to_thread(embed, tensors, owners)
+        metrics.embed_batch_seconds().observe(seconds)
         metrics.embed_batch_size().observe(len(tensors))
         return list(zip(vectors, captions, strict=True))
 
-    def _assign(self, by_user: dict[str, list[str]]) -> None:
+    def _assign_and_embed(
+        self, tensors: list[torch.Tensor], owners: list[tuple[str, str]]
+    ) -> tuple[np.ndarray, list[str], float]:
+        by_user: dict[str, list[str]] = {}
+        for user, item in owners:
+            by_user.setdefault(user, []).append(item)
         self.stores.queue.assign_many(by_user, self.worker_id)  # one round trip for them all
+        started = time.perf_counter()
+        vectors, captions = self.core.embed_checked(tensors)
+        return vectors, captions, time.perf_counter() - started
 
     async def embed_text(self, text: str, model_id: str | None = None) -> bytes:
         """The text's vector by the deployed model, or by `model_id` (a user's space still

@@ -98,6 +98,8 @@ class EmbedderCore:
         self._proc.cpu_percent(None)
         self.forward_failures = 0
         self.last_forward_error: str | None = None
+        self.passes = 0  # forward passes run, and items in them (images per pass)
+        self.pass_items = 0
         self.batch_decoder = self._batch_decoder(decode_device, threads)
         # Previous models by id (None: cannot be loaded), loaded on first need.
         self.others: dict[str, ClipModel | None] = {}
@@ -155,6 +157,13 @@ class EmbedderCore:
         img = self._open(user, item, self._draft)
         return self.model.preprocess_image(img), may_show_text(img)
 
+    def decode_and_look_many(
+        self, user: str, items: list[str]
+    ) -> list[tuple[torch.Tensor, bool] | Exception]:
+        """`decode_and_look` of each item in turn, or the exception that says why not (the
+        null model's chunk in one thread hop: it reads no files)."""
+        return [attempt(self.decode_and_look, user, item) for item in items]
+
     def _open(self, user: str, item: str, draft: tuple[int, int]) -> Image.Image:
         path = resolve_item(self.settings.data_dir, user, item)
         return open_image(path, max_pixels=self.settings.limits.max_image_pixels, draft_size=draft)
@@ -182,8 +191,8 @@ class EmbedderCore:
         Pillow on its threads (sized to the replica's CPUs); without one, item by item.
         """
         if self.batch_decoder is None:
-            return [_attempt(self.decode, user, item) for item in items]
-        paths = [_attempt(resolve_item, self.settings.data_dir, user, item) for item in items]
+            return [attempt(self.decode, user, item) for item in items]
+        paths = [attempt(resolve_item, self.settings.data_dir, user, item) for item in items]
         found = [p for p in paths if not isinstance(p, Exception)]
         decoded = iter(self.batch_decoder.decode(found))
         return [p if isinstance(p, Exception) else next(decoded) for p in paths]
@@ -201,6 +210,8 @@ class EmbedderCore:
 
     def embed_checked(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str]]:
         """`embed_tensors`, counting consecutive failures of the model itself."""
+        self.passes += 1
+        self.pass_items += len(tensors)
         try:
             out = self.embed_tensors(tensors)
         except Exception as exc:
@@ -280,6 +291,8 @@ class EmbedderCore:
             "pid": os.getpid(),
             "node": os.uname().nodename,
             "device": str(self.model.device),
+            "passes": self.passes,
+            "pass_items": self.pass_items,
         }
         if torch.cuda.is_available():
             try:
@@ -295,7 +308,7 @@ class EmbedderCore:
         return metrics
 
 
-def _attempt(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R | Exception:
+def attempt(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R | Exception:
     """`fn(*args)`, or the exception it raised (reported per item, never for the chunk)."""
     try:
         return fn(*args, **kwargs)

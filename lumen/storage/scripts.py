@@ -228,10 +228,13 @@ local function stored(id)
   local off = offset_of(id)
   return redis.call('GETRANGE', key, off, off + row - 1)
 end
+-- read once per call: a block's length (kept as it grows) and whether legacy rows exist
+local has_legacy = redis.call('EXISTS', legacy_key) == 1
+local lengths = {}
 local function store(id, blob)
   local key = blocks[block_of(id)]
   local off = offset_of(id)
-  local len = redis.call('STRLEN', key)
+  local len = lengths[key] or redis.call('STRLEN', key)
   if off + row > len then
     -- grow to a fitted size in one exact allocation: a SETRANGE past the end of a string
     -- grows it greedily (doubling, or by 1 MB), up to a quarter or more wasted. A SETRANGE
@@ -245,9 +248,17 @@ local function store(id, blob)
       redis.call('BITOP', 'OR', key, key, scratch)
       redis.call('DEL', scratch)
     end
+    len = size
   end
+  lengths[key] = len
   redis.call('SETRANGE', key, off, blob)
-  redis.call('HDEL', legacy_key, id)
+  if has_legacy then redis.call('HDEL', legacy_key, id) end
+end
+-- one variadic command for many fields or members (in slices: Lua's unpack is bounded)
+local function many(cmd, key, args)
+  for s = 1, #args, 4000 do
+    redis.call(cmd, key, unpack(args, s, math.min(s + 3999, #args)))
+  end
 end
 """
 
@@ -273,52 +284,71 @@ local first = 6 + nblocks
 """
     + _BLOCKS
     + """
--- first pass: every block this call reads or writes must be declared
+-- first pass: each item's state and id, and every block this call reads or writes must
+-- be declared. A repeat of an item within the call is answered as its first row leaves it.
 local seq = tonumber(redis.call('GET', KEYS[7]) or '0')
+local state, ids = {}, {}
 for i = first, #ARGV, 4 do
   local item = ARGV[i]
-  local id = redis.call('HGET', KEYS[5], item)
-  if redis.call('HEXISTS', KEYS[1], item) == 1 then
-    if id then id = tonumber(id) else seq = seq + 1; id = seq end
-  elseif id and redis.call('ZSCORE', KEYS[3], item) then
-    id = tonumber(id)
-  else
-    id = nil
-  end
-  if id and not blocks[block_of(id)] then return {'blocks', {}} end
-end
-local committed, fresh = {}, 0
-for i = first, #ARGV, 4 do
-  local item = ARGV[i]
-  if redis.call('HEXISTS', KEYS[1], item) == 1 then
-    redis.call('HDEL', KEYS[1], item)
-    redis.call('ZREM', KEYS[2], item)
+  if not state[item] then
     local id = redis.call('HGET', KEYS[5], item)
-    if not id then
-      id = tostring(redis.call('INCR', KEYS[7]))
-      redis.call('HSET', KEYS[5], item, id)
-      redis.call('HSET', KEYS[6], id, item)
-    end
-    store(tonumber(id), ARGV[i + 1])
-    redis.call('HSET', KEYS[9], item, ARGV[i + 2])
-    if ARGV[i + 3] ~= '' then
-      redis.call('HSET', KEYS[12], item, ARGV[i + 3])
+    if redis.call('HEXISTS', KEYS[1], item) == 1 then
+      state[item] = 'fresh'
+      if id then id = tonumber(id) else seq = seq + 1; id = seq; state[item] = 'new' end
+    elseif id and redis.call('ZSCORE', KEYS[3], item) then
+      state[item] = 'done'
+      id = tonumber(id)
     else
-      redis.call('HDEL', KEYS[12], item)
+      state[item] = 'gone'
+      id = nil
     end
-    redis.call('ZADD', KEYS[3], ARGV[1], item)
-    redis.call('HDEL', KEYS[4], item)
+    ids[item] = id
+    if id and not blocks[block_of(id)] then return {'blocks', {}} end
+  end
+end
+-- second pass: writes, each kind as one variadic command for the whole call
+local committed, fresh = {}, 0
+local gone, vids, vitems, captions, ocr_set, ocr_del, done = {}, {}, {}, {}, {}, {}, {}
+for i = first, #ARGV, 4 do
+  local item = ARGV[i]
+  local st, id = state[item], ids[item]
+  if st == 'fresh' or st == 'new' then
+    state[item] = 'done'
+    if st == 'new' then  -- the id the first pass issued it
+      table.insert(vids, item); table.insert(vids, id)
+      table.insert(vitems, id); table.insert(vitems, item)
+    end
+    table.insert(gone, item)
+    store(id, ARGV[i + 1])
+    table.insert(captions, item); table.insert(captions, ARGV[i + 2])
+    if ARGV[i + 3] ~= '' then
+      table.insert(ocr_set, item); table.insert(ocr_set, ARGV[i + 3])
+    else
+      table.insert(ocr_del, item)
+    end
+    table.insert(done, ARGV[1]); table.insert(done, item)
     fresh = fresh + 1
     table.insert(committed, item)
-    table.insert(committed, id)
-  elseif redis.call('ZSCORE', KEYS[3], item) then
-    local id = redis.call('HGET', KEYS[5], item)
-    if id and stored(tonumber(id)) == ARGV[i + 1] then
-      table.insert(committed, item)
-      table.insert(committed, id)
-    end
+    table.insert(committed, tostring(id))
+  elseif st == 'done' and id and stored(id) == ARGV[i + 1] then
+    table.insert(committed, item)
+    table.insert(committed, tostring(id))
   end
 end
+if fresh > 0 then
+  many('HDEL', KEYS[1], gone)
+  many('ZREM', KEYS[2], gone)
+  many('HDEL', KEYS[4], gone)
+  many('HSET', KEYS[9], captions)
+  many('ZADD', KEYS[3], done)
+end
+if #vids > 0 then
+  many('HSET', KEYS[5], vids)
+  many('HSET', KEYS[6], vitems)
+  redis.call('SET', KEYS[7], seq)
+end
+if #ocr_set > 0 then many('HSET', KEYS[12], ocr_set) end
+if #ocr_del > 0 then many('HDEL', KEYS[12], ocr_del) end
 if fresh > 0 and not info[1] then
   redis.call('HSET', KEYS[8], 'model', ARGV[2], 'dim', ARGV[3])
 end

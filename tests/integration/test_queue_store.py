@@ -505,3 +505,25 @@ def test_commit_many_sends_a_user_whose_ids_moved_on_again_alone(
     assert got == [{rest[0]: 9, rest[1]: 10}, {bobs[0]: 1, bobs[1]: 2}]  # 9, 10: in block 2
     ids = [i for chunk, _ in vectors.scan("alice") for i in chunk]
     assert ids == list(range(1, 11))
+
+
+def test_a_large_commit_stores_every_row_and_a_repeated_row_once(stores: Stores) -> None:
+    q, v = stores.queue, stores.vectors
+    n = 2_500  # more fields than one variadic command of the script takes
+    q.enqueue("alice", _items("alice", n))
+    claimed = q.claim("alice", n, "w", timeout_s=30)
+    rows = [
+        (item, i.to_bytes(4, "little"), f"cap {i}", "EXIT" if i % 2 else "", "")
+        for i, item in enumerate(claimed)
+    ]
+    got = v.commit("alice", "m", 1, [*rows, rows[7]])
+    assert got == {item: i + 1 for i, item in enumerate(claimed)}
+    assert v.count("alice") == n and stores.redis.get(stores.keys.vseq("alice")) == str(n).encode()
+    assert sorted(q.done("alice")) == sorted(claimed)
+    assert q.status("alice", 10).processing_workers == {}
+    assert v.describe("alice", [1, n]) == [(claimed[0], "cap 0"), (claimed[-1], f"cap {n - 1}")]
+    assert v.ocr_words("alice") == {item: "EXIT" for item in claimed[1::2]}
+    stored = {}
+    for ids, blobs in v.scan("alice"):
+        stored.update(zip(ids, blobs, strict=True))
+    assert stored == {i + 1: i.to_bytes(4, "little") for i in range(n)}
