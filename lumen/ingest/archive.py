@@ -33,8 +33,6 @@ Rules, in the order they are applied:
 - With an `Allowance` (per-user quota, free-space floor), members are stored in archive
   order until one does not fit; it and every later member are skipped with the stop's
   reason ("quota exceeded"), and `stopped_by` names the setting.
-- As members are read, the archive's pages before the lowest offset still to be read are
-  dropped from the page cache (`lumen.ingest.spool`): the archive is not read again.
 - An image, once handed out by `images()`, belongs to the caller (who removes it if it is
   not kept); a member being stored when an error escapes leaves no partial file.
 
@@ -62,7 +60,6 @@ from typing import IO, TYPE_CHECKING, BinaryIO
 
 from lumen.errors import InvalidUpload, LimitExceeded
 from lumen.ingest.images import ImageFormat, sniff_format, trim_after_end, validate_image_file
-from lumen.ingest.spool import Advise, ReadPages
 from lumen.ingest.zipdir import survey_zip
 from lumen.quota import Allowance, UploadStopped
 
@@ -133,7 +130,6 @@ class ZipExtraction:
         dest_dir: Path,
         limits: LimitSettings,
         allowance: Allowance | None = None,
-        advise: Advise | None = None,
     ) -> None:
         survey = survey_zip(zip_path, limits.max_zip_members)
         if survey.members == 0:
@@ -151,8 +147,6 @@ class ZipExtraction:
         self._limits = limits
         self._allowance = allowance
         self._budget = _Budget(limits, survey.archive_bytes)
-        self._pages = ReadPages(archive.fp, advise)
-        self._read_up_to = _read_up_to(infos, survey.archive_bytes)
         self._started = False
         self.members_left = len(infos)
         self.skipped: list[SkippedMember] = []
@@ -174,10 +168,9 @@ class ZipExtraction:
             raise RuntimeError("a ZipExtraction is iterated once")
         self._started = True
         self._dest_dir.mkdir(parents=True, exist_ok=True)
-        for at, info in enumerate(self._infos):
+        for info in self._infos:
             image = self._extract_one(info)
             self.members_left -= 1
-            self._pages.drop_before(self._read_up_to[at])
             if image is not None:
                 yield image
 
@@ -204,15 +197,6 @@ class ZipExtraction:
             return
         _refuse_unsafe(info, name)
         self.skipped.append(SkippedMember(name, self.stop_reason))
-
-
-def _read_up_to(infos: list[zipfile.ZipInfo], archive_bytes: int) -> list[int]:
-    """For each member, the offset before which no later member's bytes lie: what is
-    never read again once it has been extracted (all of the archive after the last)."""
-    lows = [archive_bytes]
-    for info in reversed(infos[1:]):
-        lows.append(min(lows[-1], info.header_offset))
-    return lows[::-1]
 
 
 def extract_images(
