@@ -13,6 +13,11 @@ Ray gives it OMP_NUM_THREADS = that many torch threads; the bare refs use the sa
 While the service works, the CPU seconds of every process involved are sampled (psutil),
 and with `--profile` the Embedder replica is sampled with py-spy, to show where time goes.
 
+Upload overlap: e2e against processing the same stored files alone (target >= 0.95), with
+when the upload's first item reached the queue. Nothing can be queued before the whole body
+is in (the refusals of an archive as a whole read its central directory, at the end), so
+processing / (processing + first queued) is the most the ratio can be on this box.
+
     python bench/ingest.py --images 200 --embedder-cpus 1 2 --profile
 """
 
@@ -360,6 +365,7 @@ def run_service(
 
         uploader = threading.Thread(target=upload)
         uploader.start()
+        first_queued = _first_queued(svc, user, uploader)
         uploader.join()
         t_up = float(up_box["t"])  # type: ignore[arg-type]
         upload_cpu = sampler.stop()
@@ -390,6 +396,7 @@ def run_service(
             "e2e_s": t_end - t0,
             "processing_only_s": processing_s,
             "first_done_s": times[0] - t_up if times else float("nan"),
+            "first_queued_s": first_queued - t0,
             "steady_img_s": _steady_rate(times),
             "upload_cpu": upload_cpu,
             "process_cpu": process_cpu,
@@ -400,6 +407,15 @@ def run_service(
         if disp is not None and disp_out.exists():
             result["dispatcher_profile"] = top_functions(disp_out)
         return result
+
+
+def _first_queued(svc: Service, user: str, uploader: threading.Thread) -> float:
+    """When the upload's first item reached the queue (polled every 10 ms while it runs)."""
+    while uploader.is_alive():
+        if svc.redis.hlen(svc.keys.meta(user)):
+            return time.time()
+        time.sleep(0.01)
+    return time.time()
 
 
 def processing_only(svc: Service, user: str) -> float:
@@ -482,16 +498,19 @@ def main() -> None:
         bare_s = (before["bare_s"] + after["bare_s"]) / 2
         fwd_s = (before["forward_s"] + after["forward_s"]) / 2
         e2e, bare, fwd = n / svc["e2e_s"], n / bare_s, n / fwd_s
-        processing = n / svc["processing_only_s"]
+        processing_s = float(svc["processing_only_s"])  # type: ignore[arg-type]
+        processing = n / processing_s
         overlap_rows.append(
             [
                 f"{cpus}",
                 n,
                 f"{svc['upload_s']:.1f}",
+                f"{svc['first_queued_s']:.1f}",
                 f"{e2e:.2f}",
                 f"{processing:.2f}",
                 f"{e2e / processing:.2f}",
                 verdict(e2e / processing >= OVERLAP_TARGET),
+                f"{processing_s / (processing_s + svc['first_queued_s']):.2f}",
             ]
         )
         refs_by_threads[cpus] = before
@@ -554,10 +573,12 @@ def main() -> None:
             "embedder cpus",
             "images",
             "upload_s",
+            "first queued s",
             "e2e img/s",
             "processing-only img/s",
             "e2e / processing",
             f">= {OVERLAP_TARGET}",
+            "ceiling (nothing queued before first queued s)",
         ],
         overlap_rows,
     )

@@ -17,6 +17,7 @@ from ray.exceptions import RayError
 from redis.exceptions import RedisClusterException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.bodies import in_blocks
 from deployments.deps import VERIFIED, Svc, services_of
 from deployments.routes import admin, auth, health, monitor, queue, search, uploads
 from deployments.services import Services
@@ -101,7 +102,8 @@ class RequestGate:
                 raise LimitExceeded(f"the body is larger than {limit} bytes", name)
             return message
 
-        await self.app(scope, limited, send)
+        # uploads are spooled to disk in large writes rather than one per proxy message
+        await self.app(scope, in_blocks(limited) if path in UPLOAD_PATHS else limited, send)
 
 
 def _client_of(scope: Scope, headers: dict[bytes, bytes], settings: Settings) -> str:

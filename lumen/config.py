@@ -187,9 +187,12 @@ class QueueSettings(BaseModel):
     # Dispatcher shards (named actors, users hashed to them): the control plane grows with nodes.
     dispatchers: int = 1
     index_shards: int = 2
-    # A ZIP upload queues its images in chunks while it is still extracting: a chunk holds
-    # up to this many, and is sent sooner once its first image waited `enqueue_flush_s`.
+    # A ZIP upload queues its images in chunks while it is still extracting: the first chunk
+    # holds `enqueue_first_chunk` (one: embedding starts as soon as one image is stored), each
+    # next one twice the last, up to `enqueue_chunk`; a chunk is sent sooner once its first
+    # image waited `enqueue_flush_s`.
     enqueue_chunk: int = Field(default=32, ge=1)
+    enqueue_first_chunk: int = Field(default=1, ge=1)
     enqueue_flush_s: float = 0.5
 
 

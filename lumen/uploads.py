@@ -8,9 +8,11 @@ and queues what was stored before the crossing; every later image or page is lis
 refused as if the quota had been full from the start.
 
 A ZIP is queued while it is still being extracted, so embedding starts during the upload:
-images go to the queue in chunks of `queue.enqueue_chunk`, a chunk going sooner once its
-first image has waited `queue.enqueue_flush_s` (checked as each image is stored). The
-response adds up the chunks and is the same as if everything had been queued in one call.
+images go to the queue in chunks that start at `queue.enqueue_first_chunk` (one image, so the
+first embedding starts as soon as one image is stored) and double up to `queue.enqueue_chunk`,
+a chunk going sooner once its first image has waited `queue.enqueue_flush_s` (checked as each
+image is stored). The response adds up the chunks and is the same as if everything had been
+queued in one call.
 An optional `on_chunk` hook hears the items each chunk queued (to wake the dispatcher).
 
 Refusals come before the first chunk: everything that can refuse an archive as a whole
@@ -242,14 +244,17 @@ class UploadService:
 
 
 class _Chunks:
-    """Queues items in chunks as they are produced, and adds up what the queue answered."""
+    """Queues items in growing chunks as they are produced, and adds up what the queue
+    answered."""
 
     def __init__(self, service: UploadService, user: str, on_chunk: ChunkHook | None) -> None:
         self.service = service
         self.user = user
         self.on_chunk = on_chunk
-        self.size = service.settings.queue.enqueue_chunk
-        self.flush_s = service.settings.queue.enqueue_flush_s
+        settings = service.settings.queue
+        self.cap = settings.enqueue_chunk
+        self.size = min(settings.enqueue_first_chunk, self.cap)  # doubles after each chunk
+        self.flush_s = settings.enqueue_flush_s
         self.pending: list[NewItem] = []
         self.first_at = 0.0
         self.added = 0
@@ -268,6 +273,7 @@ class _Chunks:
         items, self.pending = self.pending, []
         if not items:
             return
+        self.size = min(2 * self.size, self.cap)
         part = self.service._enqueue(self.user, items)  # removes its files if it fails
         self.outcome.queued.extend(part.queued)
         self.outcome.duplicates.update(part.duplicates)

@@ -82,12 +82,16 @@ def _service(
     chunk: int = 32,
     flush_s: float = NEVER_S,
     clock: Callable[[], float] = lambda: 0.0,
+    first: int | None = None,
     **limits: int,
 ) -> tuple[UploadService, FakeQueue]:
+    """A service over a fake queue; chunks hold `chunk` items from the first one on unless
+    `first` says where they start growing."""
+    queue_settings = QueueSettings(
+        enqueue_chunk=chunk, enqueue_first_chunk=first or chunk, enqueue_flush_s=flush_s
+    )
     settings = Settings(
-        data_dir=tmp_path / "data",
-        limits=LimitSettings(**limits),
-        queue=QueueSettings(enqueue_chunk=chunk, enqueue_flush_s=flush_s),
+        data_dir=tmp_path / "data", limits=LimitSettings(**limits), queue=queue_settings
     )
     queue = queue or FakeQueue()
     return UploadService(settings, queue, disk_free=lambda _path: free, clock=clock), queue
@@ -305,6 +309,43 @@ def test_chunks_are_queued_while_the_archive_is_still_being_extracted(tmp_path: 
     assert outcome.message == "Uploaded and queued 5 images."
 
 
+def test_the_first_chunk_holds_one_image_and_each_next_one_twice_the_last(
+    tmp_path: Path,
+) -> None:
+    service, queue = _service(tmp_path, queue=_watching(tmp_path), chunk=4, first=1)
+    members = {**_images(6), **_images(6, prefix="b", shade=50)}
+    outcome = service.ingest_zip(USER, _zip(tmp_path, members))
+    assert [len(call) for call in queue.calls] == [1, 2, 4, 4, 1]
+    assert queue.seen[0] == ["0.jpg"]  # queued while the other eleven were still in the ZIP
+    assert len(outcome.queued) == 12
+    assert outcome.message == "Uploaded and queued 12 images."
+
+
+def test_by_default_an_upload_starts_with_one_image_and_grows_to_the_chunk_size(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    service = UploadService(settings, FakeQueue(), disk_free=lambda _path: PLENTY)
+    queue = service.queue
+    assert isinstance(queue, FakeQueue)
+    service.ingest_zip(USER, _zip(tmp_path, _images(70)))
+    assert settings.queue.enqueue_chunk == 32
+    assert [len(call) for call in queue.calls] == [1, 2, 4, 8, 16, 32, 7]
+
+
+@pytest.mark.parametrize("cap", [1, 3, 8])
+def test_growing_chunks_answer_what_one_call_answers(tmp_path: Path, cap: int) -> None:
+    outcomes = []
+    for first, size, where in ((1000, 1000, tmp_path / "one"), (1, cap, tmp_path / "grown")):
+        where.mkdir()
+        service, queue = _service(where, chunk=size, first=first, user_max_items=5)
+        service.ingest_zip(USER, _zip(where, {"first.png": make_png()}))
+        outcomes.append(service.ingest_zip(USER, _zip(where, _mixed_archive())))
+    assert len(queue.calls) > 2
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[0].queued == [f"uploads/alice/{n}.jpg" for n in (0, 1, 3)]
+
+
 def _mixed_archive() -> dict[str, bytes]:
     """Skipped members, content repeated across chunks, and a quota crossed near the end."""
     images = _images(6)
@@ -400,7 +441,8 @@ def test_an_extraction_failing_midway_removes_the_images_not_yet_queued(tmp_path
         return PLENTY
 
     settings = Settings(
-        data_dir=tmp_path / "data", queue=QueueSettings(enqueue_chunk=2, enqueue_flush_s=NEVER_S)
+        data_dir=tmp_path / "data",
+        queue=QueueSettings(enqueue_chunk=2, enqueue_first_chunk=2, enqueue_flush_s=NEVER_S),
     )
     queue = FakeQueue()
     service = UploadService(settings, queue, disk_free=failing_disk)
